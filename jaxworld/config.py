@@ -1,0 +1,342 @@
+"""Typed, frozen experiment config: TOML file + dotted overrides, validated.
+
+A config is a tree of frozen dataclasses. Each field carries a one-line
+description in its metadata (`doc`), shown by `jaxworld config --help-fields`.
+Files are TOML (data, never code: nothing is executed to load a config); any
+field may be overridden from the command line as `section.field=value`, where
+the value is parsed as a TOML value (`train.steps=100`, `model.dtype="bfloat16"`,
+`mesh.rules=[["embed","fsdp"]]`). Unknown keys and wrong types are rejected
+at load with the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from jaxworld.errors import JaxWorldError
+
+
+def field(default: Any, doc: str) -> Any:
+  """A dataclass field with a one-line description."""
+  if isinstance(default, (list, dict)):
+    raise TypeError("mutable defaults: use a tuple")
+  return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def section(cls: type, doc: str) -> Any:
+  return dataclasses.field(default_factory=cls, metadata={"doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+  """The embedded procedural 2D physics world (jaxworld/data/world.py)."""
+  image_size: int = field(64, "Frame height and width in pixels.")
+  num_objects: int = field(3, "Number of bouncing balls.")
+  radius_min: float = field(4.0, "Smallest ball radius in pixels.")
+  radius_max: float = field(7.0, "Largest ball radius in pixels.")
+  speed_min: float = field(2.0, "Smallest initial ball speed, pixels per frame.")
+  speed_max: float = field(4.0, "Largest initial ball speed, pixels per frame.")
+  gravity: float = field(0.25, "Downward acceleration, pixels per frame^2.")
+  restitution: float = field(0.95, "Fraction of speed kept in a wall bounce.")
+  agent_size: int = field(10, "Side of the square agent, pixels.")
+  agent_speed: float = field(3.0, "Agent displacement per action, pixels per frame.")
+  action_repeat_prob: float = field(
+      0.8, "Sticky random policy: probability of repeating the last action.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Episode records on disk and the Grain pipeline that reads them."""
+  path: str = field("", "Dataset directory (train/ and eval/ shards); "
+                    "empty means <workdir>/../data as the demo lays it out.")
+  num_train_episodes: int = field(1024, "Episodes `data generate` writes to train/.")
+  num_eval_episodes: int = field(64, "Held-out episodes `data generate` writes to eval/.")
+  episode_length: int = field(64, "Frames per generated episode.")
+  num_shards: int = field(4, "ArrayRecord shards per split.")
+  seed: int = field(0, "World seed for `data generate` (eval uses seed + 1).")
+  window: int = field(8, "Frames per training window (random crop of an episode).")
+  shuffle_seed: int = field(0, "Seed of the Grain shuffle and window crops.")
+  num_workers: int = field(0, "Grain worker processes (0 decodes in the main process).")
+  prefetch: int = field(2, "Batches the loader keeps ready ahead of the step.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh and the logical-axis rules that map parameters onto it."""
+  data: int = field(-1, "Data-parallel axis size; -1 takes all devices the "
+                    "other axes leave.")
+  fsdp: int = field(1, "Fully-sharded data-parallel axis size (params and "
+                    "optimizer sharded, batch split).")
+  tensor: int = field(1, "Tensor-parallel axis size (heads and MLP sharded).")
+  rules: tuple = field(
+      (("batch", ("data", "fsdp")),
+       ("embed", "fsdp"),
+       ("mlp", "tensor"),
+       ("heads", "tensor"),
+       ("vocab", "tensor"),
+       ("kv", None),
+       ("codebook", None),
+       ("latent", None),
+       ("patch", None),
+       ("position", None),
+       ("action", None),
+       ("layers", None)),
+      "Logical axis name -> mesh axis (or list of axes, or null).")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+  """Spatiotemporal transformer backbone."""
+  width: int = field(128, "Model width D.")
+  depth: int = field(4, "Number of ST blocks.")
+  num_heads: int = field(4, "Attention heads (width must divide by it).")
+  mlp_ratio: int = field(4, "MLP hidden width = mlp_ratio * width.")
+  remat: str = field("none", "Rematerialisation of each block: none, full, "
+                     "save_dots.")
+  dtype: str = field("float32", "Compute dtype (float32 or bfloat16); params "
+                     "stay float32.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+  """VQ-VAE video tokenizer: patches -> ST encoder -> codebook -> ST decoder."""
+  patch_size: int = field(4, "Square patch side in pixels; N = (size/patch)^2.")
+  codebook_size: int = field(256, "Number of discrete codes V.")
+  latent_dim: int = field(16, "Code vector dimension (quantised space).")
+  commitment_weight: float = field(0.25, "Weight of the VQ commitment loss.")
+  encoder: BackboneConfig = section(BackboneConfig, "Encoder backbone.")
+  decoder: BackboneConfig = section(BackboneConfig, "Decoder backbone.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicsConfig:
+  """MaskGIT dynamics over tokenizer tokens, conditioned on real actions."""
+  tokenizer_workdir: str = field("", "Run directory of the trained tokenizer "
+                                 "whose tokens this model predicts.")
+  num_actions: int = field(5, "Size of the discrete action set A.")
+  mask_ratio_min: float = field(0.5, "Smallest fraction of a frame's tokens "
+                                "masked in training (max is 1).")
+  backbone: BackboneConfig = section(BackboneConfig, "Dynamics backbone.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The one training loop."""
+  stage: str = field("tokenizer", "What to train: tokenizer or dynamics.")
+  steps: int = field(1000, "Optimizer steps.")
+  batch_size: int = field(16, "Global batch (windows per step), split over "
+                          "data and fsdp.")
+  learning_rate: float = field(1e-3, "Peak AdamW learning rate.")
+  warmup_steps: int = field(100, "Linear warmup steps.")
+  final_lr_fraction: float = field(0.1, "Cosine decay ends at this fraction "
+                                   "of the peak.")
+  weight_decay: float = field(1e-4, "AdamW weight decay.")
+  grad_clip: float = field(1.0, "Global gradient-norm clip.")
+  seed: int = field(0, "Parameter-init and step-randomness seed.")
+  log_every: int = field(25, "Steps between progress lines / metric records.")
+  checkpoint_every: int = field(250, "Steps between checkpoints (the last "
+                                "step is always saved).")
+  keep_checkpoints: int = field(3, "Checkpoints kept (older are deleted).")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+  """Rollout of a dynamics model on held-out episodes."""
+  context_frames: int = field(4, "Real frames given to the model.")
+  horizon: int = field(8, "Frames the model generates.")
+  num_episodes: int = field(16, "Held-out episodes rolled out.")
+  maskgit_steps: int = field(8, "MaskGIT refinement steps per frame.")
+  temperature: float = field(0.0, "Sampling temperature (0 = most likely "
+                             "token).")
+  seed: int = field(0, "Sampling seed.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A whole experiment."""
+  world: WorldConfig = section(WorldConfig, "Embedded world.")
+  data: DataConfig = section(DataConfig, "Records and loader.")
+  mesh: MeshConfig = section(MeshConfig, "Device mesh and sharding rules.")
+  tokenizer: TokenizerConfig = section(TokenizerConfig, "Video tokenizer.")
+  dynamics: DynamicsConfig = section(DynamicsConfig, "Dynamics model.")
+  train: TrainConfig = section(TrainConfig, "Training loop.")
+  rollout: RolloutConfig = section(RolloutConfig, "Rollout and its metrics.")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _is_config(cls: Any) -> bool:
+  return dataclasses.is_dataclass(cls) and isinstance(cls, type)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+  """Checks `value` against a field type; converts lists to tuples."""
+  if typ is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if typ is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise JaxWorldError(f"Config key {where} must be a list, got {value!r}.")
+    return _freeze(value)
+  if typ in (int, float, str, bool):
+    if type(value) is not typ:
+      raise JaxWorldError(
+          f"Config key {where} must be {typ.__name__}, got {value!r} "
+          f"({type(value).__name__}). Fix the value in the file or override, "
+          f"e.g. {where}={_example(typ)}.")
+    return value
+  raise TypeError(f"unsupported field type {typ} at {where}")
+
+
+def _example(typ: type) -> str:
+  return {int: "8", float: "0.5", str: '"text"', bool: "true"}[typ]
+
+
+def _freeze(value: Any) -> Any:
+  if isinstance(value, (list, tuple)):
+    return tuple(_freeze(v) for v in value)
+  return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+  hints = typing.get_type_hints(cls)
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(data) - known)
+  if unknown:
+    raise JaxWorldError(
+        f"Unknown config key(s) {', '.join(where + k for k in unknown)}. "
+        f"Valid keys in {where.rstrip('.') or 'the top level'}: "
+        f"{', '.join(sorted(known))}.")
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in data:
+      continue
+    typ, value = hints[f.name], data[f.name]
+    if _is_config(typ):
+      if not isinstance(value, dict):
+        raise JaxWorldError(f"Config key {where}{f.name} is a section; give "
+                            f"it as a table, not {value!r}.")
+      kwargs[f.name] = _build(typ, value, f"{where}{f.name}.")
+    else:
+      kwargs[f.name] = _coerce(value, typ, where + f.name)
+  return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+  if "=" not in text:
+    raise JaxWorldError(f"Override {text!r} is not of the form "
+                        f"section.key=value, e.g. train.steps=100.")
+  key, raw = text.split("=", 1)
+  try:
+    value = tomllib.loads(f"v = {raw}")["v"]
+  except tomllib.TOMLDecodeError:
+    value = raw  # A bare word is a string: data.path=/tmp/x
+  return key.strip().split("."), value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+  """The config as plain JSON-able data (tuples become lists)."""
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+  """Builds and validates a Config from nested data plus dotted overrides."""
+  data = json.loads(json.dumps(data))  # deep copy
+  for text in overrides:
+    keys, value = _parse_override(text)
+    node = data
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+      if not isinstance(node, dict):
+        raise JaxWorldError(f"Override {text!r}: {k} is not a section.")
+    node[keys[-1]] = value
+  cfg = _build(Config, data, "")
+  validate(cfg)
+  return cfg
+
+
+def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+  """Loads a TOML (or resolved JSON) config file and applies overrides."""
+  data: dict[str, Any] = {}
+  if path is not None:
+    path = Path(path)
+    if not path.is_file():
+      raise JaxWorldError(f"Config file {path} does not exist. Pass one of "
+                          f"the files in configs/, e.g. configs/tokenizer.toml.")
+    text = path.read_text()
+    try:
+      data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+      raise JaxWorldError(f"Config file {path} does not parse: {e}.") from None
+  return from_dict(data, overrides)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+  Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[str]:
+  """One line per field: dotted key, default, description."""
+  lines = []
+  for f in dataclasses.fields(cls):
+    if _is_config(typing.get_type_hints(cls)[f.name]):
+      lines += describe(typing.get_type_hints(cls)[f.name], prefix + f.name + ".")
+    else:
+      lines.append(f"{prefix}{f.name} = {json.dumps(_freeze_json(f.default))}"
+                   f"  # {f.metadata['doc']}")
+  return lines
+
+
+def _freeze_json(v: Any) -> Any:
+  return json.loads(json.dumps(v))
+
+
+def validate(cfg: Config) -> None:
+  """Rejects impossible combinations with the fix; device-independent."""
+  def check(ok: bool, msg: str) -> None:
+    if not ok:
+      raise JaxWorldError(msg)
+
+  w, d, t = cfg.world, cfg.data, cfg.train
+  check(t.stage in ("tokenizer", "dynamics"),
+        f"train.stage={t.stage!r}: use \"tokenizer\" or \"dynamics\".")
+  p = cfg.tokenizer.patch_size
+  check(w.image_size % p == 0,
+        f"world.image_size={w.image_size} is not divisible by "
+        f"tokenizer.patch_size={p}; pick a patch size that divides it.")
+  check(d.window <= d.episode_length,
+        f"data.window={d.window} is longer than data.episode_length="
+        f"{d.episode_length}; shorten the window or lengthen episodes.")
+  r = cfg.rollout
+  check(r.context_frames + r.horizon <= d.episode_length,
+        f"rollout.context_frames + rollout.horizon = "
+        f"{r.context_frames + r.horizon} exceeds data.episode_length="
+        f"{d.episode_length}.")
+  check(r.context_frames >= 1, "rollout.context_frames must be >= 1.")
+  for name, b in (("tokenizer.encoder", cfg.tokenizer.encoder),
+                  ("tokenizer.decoder", cfg.tokenizer.decoder),
+                  ("dynamics.backbone", cfg.dynamics.backbone)):
+    check(b.width % b.num_heads == 0,
+          f"{name}.width={b.width} is not divisible by {name}.num_heads="
+          f"{b.num_heads}.")
+    check(b.remat in ("none", "full", "save_dots"),
+          f"{name}.remat={b.remat!r}: use none, full or save_dots.")
+    check(b.dtype in ("float32", "bfloat16"),
+          f"{name}.dtype={b.dtype!r}: use float32 or bfloat16.")
+  check(t.steps > 0 and t.batch_size > 0 and t.log_every > 0 and
+        t.checkpoint_every > 0, "train.steps, train.batch_size, "
+        "train.log_every and train.checkpoint_every must be positive.")
+  check(0.0 < cfg.dynamics.mask_ratio_min <= 1.0,
+        "dynamics.mask_ratio_min must be in (0, 1].")
+  m = cfg.mesh
+  check(m.fsdp >= 1 and m.tensor >= 1 and (m.data >= 1 or m.data == -1),
+        "mesh.fsdp and mesh.tensor must be >= 1; mesh.data >= 1 or -1.")
+  for rule in m.rules:
+    check(isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str),
+          f"mesh.rules entry {rule!r} must be [logical_name, mesh_axis].")

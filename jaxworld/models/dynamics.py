@@ -1,0 +1,52 @@
+"""MaskGIT dynamics: predicts masked tokens of each frame from earlier frames
+and the actions that led to it (Genie's dynamics model).
+
+The action taken after frame t-1 is added to every token embedding of frame
+t; frame 0 gets a learned "no action" embedding. Temporal attention is causal,
+so logits of frame t see tokens of frames <= t (with frame t partly masked).
+
+Dimension keys: B batch, T time, N tokens per frame, V codebook size, A
+actions, D width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxworld.models.layers import Dense, make_param
+from jaxworld.models.st_transformer import STTransformer
+from jaxworld.parallel import axes
+
+
+class MaskGITDynamics(nnx.Module):
+  """tokens [B, T, N] + actions [B, T] + mask [B, T, N] -> logits [B, T, N, V]."""
+
+  def __init__(self, rngs: nnx.Rngs, *, codebook_size: int, num_actions: int,
+               num_tokens: int, max_frames: int, backbone: dict[str, Any]):
+    width = backbone["width"]
+    self.mask_token = codebook_size  # one extra embedding row
+    self.no_action = num_actions     # one extra embedding row
+    init = jax.nn.initializers.normal(0.02)
+    self.token_embed_VD = make_param(rngs, init, (codebook_size + 1, width),
+                                     (axes.VOCAB, axes.EMBED))
+    self.action_embed_AD = make_param(rngs, init, (num_actions + 1, width),
+                                      (axes.ACTION, axes.EMBED))
+    self.backbone = STTransformer(rngs, num_tokens=num_tokens,
+                                  max_frames=max_frames, **backbone)
+    self.head = Dense(rngs, (width,), (codebook_size,), "BTND,DV->BTNV",
+                      (axes.EMBED, axes.VOCAB))
+
+  def __call__(self, tokens_BTN: jax.Array, actions_BT: jax.Array,
+               mask_BTN: jax.Array) -> jax.Array:
+    """actions[:, t] is the action taken after frame t (the last is unused)."""
+    input_BTN = jnp.where(mask_BTN, self.mask_token, tokens_BTN)
+    x_BTND = self.token_embed_VD[...][input_BTN]
+    prev_actions_BT = jnp.concatenate(
+        [jnp.full_like(actions_BT[:, :1], self.no_action), actions_BT[:, :-1]],
+        axis=1)
+    x_BTND = x_BTND + self.action_embed_AD[...][prev_actions_BT][:, :, None]
+    return self.head(self.backbone(x_BTND)).astype(jnp.float32)

@@ -1,0 +1,158 @@
+"""Device mesh from config, and shardings from logical axis names.
+
+Switching between data parallel, FSDP and tensor parallel is a change of
+`mesh.*` sizes and `mesh.rules` in the config, never of code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxworld.config import MeshConfig
+from jaxworld.errors import JaxWorldError
+from jaxworld.parallel import axes
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over these
+
+
+def maybe_initialize_distributed() -> None:
+  """Joins a multi-process job when launched as one; no-op otherwise.
+
+  `jax.distributed.initialize()` auto-detects TPU pods, SLURM and GKE; an
+  explicit coordinator is given with JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID (what `launch/local.py` sets).
+  """
+  if jax.distributed.is_initialized():
+    return
+  explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
+  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+  if explicit or slurm:
+    jax.distributed.initialize()
+    log.info("joined distributed job: process %d of %d",
+             jax.process_index(), jax.process_count())
+
+
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> dict[str, int]:
+  """Resolves `data=-1` and checks the product against the device count."""
+  fixed = cfg.fsdp * cfg.tensor
+  data = cfg.data if cfg.data != -1 else num_devices // fixed
+  shape = {"data": data, "fsdp": cfg.fsdp, "tensor": cfg.tensor}
+  if data < 1 or data * fixed != num_devices:
+    hint = (f"mesh.data=-1 mesh.fsdp={cfg.fsdp} mesh.tensor={cfg.tensor}"
+            if num_devices % fixed == 0 else
+            f"mesh.data={num_devices} mesh.fsdp=1 mesh.tensor=1")
+    raise JaxWorldError(
+        f"The mesh data={cfg.data} x fsdp={cfg.fsdp} x tensor={cfg.tensor} "
+        f"does not match the {num_devices} available devices: the product of "
+        f"the axis sizes must equal the device count. Try {hint}.")
+  return shape
+
+
+def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
+  devices = list(devices) if devices is not None else jax.devices()
+  shape = mesh_shape(cfg, len(devices))
+  return jax.make_mesh(
+      tuple(shape[a] for a in MESH_AXES), MESH_AXES,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+      devices=devices)
+
+
+def logical_to_mesh_spec(names: Sequence[str | None],
+                         rules: dict[str, Any]) -> P:
+  """Maps logical names to a PartitionSpec; a mesh axis is used at most once."""
+  used: set[str] = set()
+  spec = []
+  for name in names:
+    if name is None:
+      spec.append(None)
+      continue
+    if name not in rules:
+      raise JaxWorldError(
+          f"Logical axis {name!r} has no entry in mesh.rules. Add "
+          f"[\"{name}\", null] (replicated) or map it to a mesh axis "
+          f"({', '.join(MESH_AXES)}).")
+    target = rules[name]
+    mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+    mesh_axes = tuple(a for a in mesh_axes if a not in used)
+    used.update(mesh_axes)
+    spec.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
+  return P(*spec)
+
+
+def rules_dict(rules: Sequence[Sequence[Any]]) -> dict[str, Any]:
+  out = {}
+  for name, target in rules:
+    for a in (target,) if isinstance(target, str) else tuple(target or ()):
+      if a not in MESH_AXES:
+        raise JaxWorldError(f"mesh.rules maps {name!r} to unknown mesh axis "
+                            f"{a!r}; mesh axes are {', '.join(MESH_AXES)}.")
+    out[name] = target
+  return out
+
+
+def param_shardings(abstract_state: Any, mesh: Mesh,
+                    rules: Sequence[Sequence[Any]]) -> Any:
+  """NamedShardings for an nnx.State whose Variables carry `out_sharding`."""
+  table = rules_dict(rules)
+
+  def to_sharding(v: Any) -> Any:
+    names = v.get_metadata().get("out_sharding") or (None,) * v.ndim
+    spec = logical_to_mesh_spec(names, table)
+    for dim, mesh_axis in zip(v.shape, spec):
+      size = int(np.prod([mesh.shape[a] for a in
+                          ((mesh_axis,) if isinstance(mesh_axis, str)
+                           else mesh_axis or ())]))
+      if dim % size:
+        raise JaxWorldError(
+            f"A parameter of shape {tuple(v.shape)} with logical axes "
+            f"{names} cannot be split {size} ways along {mesh_axis!r} "
+            f"(size {dim}). Change mesh.rules or the mesh sizes so each "
+            f"sharded dimension divides evenly.")
+    return v.replace(NamedSharding(mesh, spec))
+
+  return jax.tree.map(to_sharding, abstract_state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Leading (batch) dimension split over data and fsdp, the rest whole."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch(global_batch: int, mesh: Mesh) -> int:
+  """Checks the batch splits over devices and processes; returns per-process."""
+  dp = data_parallel_size(mesh)
+  if global_batch % dp:
+    good = max(dp, (global_batch // dp) * dp)
+    raise JaxWorldError(
+        f"train.batch_size={global_batch} is not divisible by the "
+        f"data-parallel size data*fsdp={dp} of the mesh {dict(mesh.shape)}. "
+        f"Use train.batch_size={good} (a multiple of {dp}) or change the mesh.")
+  if global_batch % jax.process_count():
+    raise JaxWorldError(
+        f"train.batch_size={global_batch} is not divisible by the "
+        f"{jax.process_count()} processes.")
+  return global_batch // jax.process_count()
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+__all__ = ["make_mesh", "param_shardings", "batch_sharding", "check_batch",
+           "replicated", "maybe_initialize_distributed", "axes"]

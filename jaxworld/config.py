@@ -120,8 +120,12 @@ class DynamicsConfig:
   tokenizer_workdir: str = field("", "Run directory of the trained tokenizer "
                                  "whose tokens this model predicts.")
   num_actions: int = field(5, "Size of the discrete action set A.")
-  mask_ratio_min: float = field(0.5, "Smallest fraction of a frame's tokens "
-                                "masked in training (max is 1).")
+  target_frame_prob: float = field(
+      0.5, "Chance that a frame (after the first) is a training target; the "
+      "others stay unmasked, so targets mostly see clean history as in a "
+      "rollout.")
+  mask_ratio_min: float = field(0.5, "Smallest fraction of a target frame's "
+                                "tokens masked in training (max is 1).")
   backbone: BackboneConfig = section(BackboneConfig, "Dynamics backbone.")
 
 
@@ -334,6 +338,8 @@ def validate(cfg: Config) -> None:
         "train.log_every and train.checkpoint_every must be positive.")
   check(0.0 < cfg.dynamics.mask_ratio_min <= 1.0,
         "dynamics.mask_ratio_min must be in (0, 1].")
+  check(0.0 < cfg.dynamics.target_frame_prob <= 1.0,
+        "dynamics.target_frame_prob must be in (0, 1].")
   m = cfg.mesh
   check(m.fsdp >= 1 and m.tensor >= 1 and (m.data >= 1 or m.data == -1),
         "mesh.fsdp and mesh.tensor must be >= 1; mesh.data >= 1 or -1.")

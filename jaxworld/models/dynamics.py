@@ -31,7 +31,10 @@ class MaskGITDynamics(nnx.Module):
     self.mask_token = codebook_size  # one extra embedding row
     self.no_action = num_actions     # one extra embedding row
     init = jax.nn.initializers.normal(0.02)
-    self.token_embed_VD = make_param(rngs, init, (codebook_size + 1, width),
+    # Rows: V codes + the mask token, padded to a multiple of 128 so the
+    # vocab axis splits evenly over any tensor-parallel size up to 128.
+    rows = -(-(codebook_size + 1) // 128) * 128
+    self.token_embed_VD = make_param(rngs, init, (rows, width),
                                      (axes.VOCAB, axes.EMBED))
     self.action_embed_AD = make_param(rngs, init, (num_actions + 1, width),
                                       (axes.ACTION, axes.EMBED))

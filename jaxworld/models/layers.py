@@ -54,7 +54,8 @@ class Dense(nnx.Module):
     y = jnp.einsum(self.spec, x.astype(self.dtype),
                    self.kernel[...].astype(self.dtype))
     if self.bias is not None:
-      y = y + self.bias[...].astype(self.dtype)
+      bias = self.bias[...].astype(self.dtype)
+      y = y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
     return y
 
 
@@ -68,7 +69,8 @@ class RMSNorm(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
-    return (x32 * self.scale[...]).astype(x.dtype)
+    scale = self.scale[...].reshape((1,) * (x.ndim - 1) + (-1,))
+    return (x32 * scale).astype(x.dtype)
 
 
 class Attention(nnx.Module):

@@ -1,0 +1,131 @@
+"""The `jaxworld` command.
+
+    jaxworld demo [--workdir runs/demo] [overrides...]
+    jaxworld data generate [CONFIG] --out DIR [overrides...] [--overwrite]
+    jaxworld train CONFIG --workdir DIR [overrides...] [--resume]
+    jaxworld rollout --workdir DIR [--out DIR] [--episodes N]
+    jaxworld config [CONFIG] [overrides...] [--fields]
+
+CONFIG is a .toml path or a name in configs/ (tokenizer, dynamics);
+overrides are `section.key=value`, e.g. `train.steps=100 mesh.fsdp=2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="jaxworld", description="World models in JAX: learn a world from "
+      "video and actions, then play it.",
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  sub = p.add_subparsers(dest="command", required=True)
+
+  demo = sub.add_parser("demo", help="Run the whole method on the embedded "
+                        "world and report held-out rollout PSNR.")
+  demo.add_argument("--workdir", default="runs/demo")
+  demo.add_argument("overrides", nargs="*", help="section.key=value")
+
+  data = sub.add_parser("data", help="Datasets of episode records.")
+  data_sub = data.add_subparsers(dest="data_command", required=True)
+  gen = data_sub.add_parser("generate", help="Write the embedded world's "
+                            "episodes as ArrayRecord shards.")
+  gen.add_argument("config", nargs="?", default="tokenizer")
+  gen.add_argument("overrides", nargs="*")
+  gen.add_argument("--out", required=True)
+  gen.add_argument("--overwrite", action="store_true")
+
+  train = sub.add_parser("train", help="Train one stage (tokenizer or "
+                         "dynamics) as set by train.stage.")
+  train.add_argument("config")
+  train.add_argument("overrides", nargs="*")
+  train.add_argument("--workdir", required=True)
+  train.add_argument("--resume", action="store_true",
+                     help="Continue the run in --workdir from its last "
+                     "checkpoint.")
+
+  roll = sub.add_parser("rollout", help="Imagine held-out episodes with a "
+                        "trained dynamics run; write GIF and PSNR.")
+  roll.add_argument("--workdir", required=True, help="A dynamics run.")
+  roll.add_argument("--out", default=None)
+  roll.add_argument("--episodes", type=int, default=None)
+  roll.add_argument("--data", default=None, help="Dataset directory (default:"
+                    " the run's data.path).")
+
+  cfg = sub.add_parser("config", help="Print a resolved config, or every "
+                       "field with its meaning.")
+  cfg.add_argument("config", nargs="?", default=None)
+  cfg.add_argument("overrides", nargs="*")
+  cfg.add_argument("--fields", action="store_true")
+  return p
+
+
+def _split_overrides(args: argparse.Namespace) -> None:
+  """argparse puts `key=value` into `config` when CONFIG is optional."""
+  if getattr(args, "config", None) and "=" in args.config:
+    args.overrides = [args.config, *args.overrides]
+    args.config = {"generate": "tokenizer"}.get(
+        getattr(args, "data_command", ""), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  _split_overrides(args)
+  logging.basicConfig(level=os.environ.get("JAXWORLD_LOG", "INFO"),
+                      format="%(asctime)s %(name)s: %(message)s",
+                      datefmt="%H:%M:%S")
+  for noisy in ("absl", "jax._src", "orbax", "grain"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+  # Heavy imports only after argument parsing, so --help is instant.
+  from jaxworld import config as configlib
+  from jaxworld.errors import JaxWorldError
+  try:
+    return _run(args, configlib)
+  except JaxWorldError as e:
+    print(f"jaxworld: error: {e}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace, configlib) -> int:
+  from jaxworld import demo
+  if args.command == "demo":
+    summary = demo.run(args.workdir, args.overrides)
+    return 0 if summary["passed"] else 1
+  if args.command == "config":
+    if args.fields:
+      print("\n".join(configlib.describe()))
+      return 0
+    path = demo.resolve_config(args.config) if args.config else None
+    print(json.dumps(configlib.to_dict(configlib.load(path, args.overrides)),
+                     indent=2))
+    return 0
+  if args.command == "data":
+    from jaxworld.data import generate
+    cfg = configlib.load(demo.resolve_config(args.config), args.overrides)
+    meta = generate.generate_dataset(cfg, args.out, args.overwrite)
+    print(json.dumps({k: meta[k] for k in ("splits", "image_size",
+                                           "episode_length")}, indent=2))
+    return 0
+  if args.command == "train":
+    from jaxworld.train import loop
+    cfg = configlib.load(demo.resolve_config(args.config), args.overrides)
+    loop.train(cfg, args.workdir, args.resume)
+    return 0
+  if args.command == "rollout":
+    from jaxworld.infer import rollout
+    result = rollout.run(args.workdir, args.out, args.data, args.episodes)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_step"},
+                     indent=2))
+    return 0
+  raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,56 @@
+"""Models from config: the one place config sections become constructors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from jaxworld.config import BackboneConfig, Config
+from jaxworld.models.dynamics import MaskGITDynamics
+from jaxworld.models.tokenizer import VideoTokenizer
+
+
+def _backbone(b: BackboneConfig) -> dict:
+  return dataclasses.asdict(b)
+
+
+def num_tokens(cfg: Config) -> int:
+  """Tokens per frame N."""
+  return (cfg.world.image_size // cfg.tokenizer.patch_size) ** 2
+
+
+def tokenizer(cfg: Config, rngs: nnx.Rngs) -> VideoTokenizer:
+  t = cfg.tokenizer
+  return VideoTokenizer(rngs, image_size=cfg.world.image_size,
+                        patch_size=t.patch_size, codebook_size=t.codebook_size,
+                        latent_dim=t.latent_dim, max_frames=cfg.data.window,
+                        encoder=_backbone(t.encoder),
+                        decoder=_backbone(t.decoder))
+
+
+def dynamics(cfg: Config, rngs: nnx.Rngs) -> MaskGITDynamics:
+  d = cfg.dynamics
+  return MaskGITDynamics(rngs, codebook_size=cfg.tokenizer.codebook_size,
+                         num_actions=d.num_actions, num_tokens=num_tokens(cfg),
+                         max_frames=cfg.data.window,
+                         backbone=_backbone(d.backbone))
+
+
+def for_stage(cfg: Config, stage: str, seed: int) -> nnx.Module:
+  build = {"tokenizer": tokenizer, "dynamics": dynamics}[stage]
+  return build(cfg, nnx.Rngs(params=seed))
+
+
+def count_params(state: nnx.State) -> int:
+  return sum(x.size for x in jax.tree.leaves(state))
+
+
+def param_table(model_state: nnx.State, depth: int = 1) -> list[tuple[str, int]]:
+  """Parameter counts grouped by the first `depth` path components."""
+  groups: dict[str, int] = {}
+  for path, v in nnx.to_flat_state(model_state):
+    key = "/".join(str(p) for p in path[:depth])
+    groups[key] = groups.get(key, 0) + v.size
+  return sorted(groups.items())

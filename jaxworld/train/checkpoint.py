@@ -1,0 +1,115 @@
+"""Run checkpoints with Orbax: train state, data iterator and config together.
+
+Layout of a run directory (`--workdir`):
+
+    config.json                  the resolved config the run was started with
+    checkpoints/<step>/state     model + optimizer (sharded arrays, async save)
+    checkpoints/<step>/data      Grain iterator state (one file per process)
+    checkpoints/<step>/config    the config again, so a step is self-contained
+    metrics.jsonl, tb/           written by train/metrics.py
+
+The state is stored as a pure nested dict of arrays (`nnx.State.to_pure_dict`),
+independent of Flax's Variable classes, and restored straight into the
+shardings of the current mesh, which may differ from the one that saved it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jaxworld import config as configlib
+from jaxworld.errors import JaxWorldError
+
+log = logging.getLogger(__name__)
+
+
+def _restore_args(abstract_pure: Any, shardings_pure: Any) -> Any:
+  return jax.tree.map(lambda a, s: ocp.ArrayRestoreArgs(
+      sharding=s, global_shape=a.shape, dtype=a.dtype),
+                      abstract_pure, shardings_pure)
+
+
+def _abstract(abstract_state: nnx.State, shardings: nnx.State) -> Any:
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state.to_pure_dict(), shardings.to_pure_dict())
+
+
+class Checkpoints:
+  """Saves and restores one run's checkpoints."""
+
+  def __init__(self, workdir: str | Path, keep: int = 3):
+    self.directory = Path(workdir).absolute() / "checkpoints"
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: nnx.State, data_iterator: Any,
+           cfg: configlib.Config) -> None:
+    """Starts an async save; training continues while arrays are written."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeSave(state.to_pure_dict()),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+        config=ocp.args.JsonSave(configlib.to_dict(cfg))))
+
+  def restore(self, step: int, abstract_state: nnx.State,
+              shardings: nnx.State, data_iterator: Any) -> nnx.State:
+    """Restores state (into `shardings`) and the data iterator, in place."""
+    target = _abstract(abstract_state, shardings)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=_restore_args(target, shardings.to_pure_dict())),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy
+    state.replace_by_pure_dict(restored["state"])
+    return state
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def restore_model(workdir: str | Path, abstract_model: nnx.State,
+                  shardings: nnx.State, step: int | None = None
+                  ) -> tuple[nnx.State, int]:
+  """Only the model parameters of a run's checkpoint (no optimizer state)."""
+  directory = Path(workdir).absolute() / "checkpoints"
+  with ocp.CheckpointManager(directory) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise JaxWorldError(
+          f"No checkpoint in {directory}. Train that run first (`jaxworld "
+          f"train ... --workdir {workdir}`) or point at a run that has one.")
+    target = {"model": _abstract(abstract_model, shardings)}
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args={"model": _restore_args(
+                target["model"], shardings.to_pure_dict())},
+            partial_restore=True)))
+  state = jax.tree.map(lambda x: x, abstract_model)
+  state.replace_by_pure_dict(restored["state"]["model"])
+  return state, step
+
+
+def read_config(workdir: str | Path) -> configlib.Config:
+  """The resolved config a run was started with."""
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    raise JaxWorldError(f"{workdir} is not a jaxworld run directory (no "
+                        f"config.json). Pass the --workdir of a train run.")
+  return configlib.load(path)

@@ -1,0 +1,189 @@
+"""The one training loop, for every stage, mesh and number of hosts.
+
+Everything that can be wrong with the inputs (config, data, mesh, batch,
+workdir) is checked before anything is compiled or written, so a bad command
+fails in seconds with the fix and leaves an existing run untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+from flax import nnx
+
+from jaxworld import config as configlib
+from jaxworld.config import Config
+from jaxworld.data import pipeline, records
+from jaxworld.errors import JaxWorldError
+from jaxworld.models import build
+from jaxworld.parallel import mesh as meshlib
+from jaxworld.train import checkpoint, metrics, step as steplib
+
+log = logging.getLogger(__name__)
+
+# Keys that may change when a run is resumed (e.g. to train it for longer).
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "data.num_workers",
+                     "data.prefetch", "data.path")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:
+  saved = workdir / "config.json"
+  if not saved.exists():
+    return
+  if not resume:
+    raise JaxWorldError(
+        f"{workdir} already holds a run. Pass --resume to continue it, or "
+        f"choose a new --workdir; nothing was changed.")
+  old = _flat(configlib.to_dict(configlib.load(saved)))
+  new = _flat(configlib.to_dict(cfg))
+  changed = [k for k in new if old.get(k) != new[k]
+             and k not in RESUMABLE_CHANGES]
+  if changed:
+    raise JaxWorldError(
+        f"Cannot resume {workdir}: the config differs from the one it was "
+        f"started with in {', '.join(changed)}. Resume with the same config "
+        f"(only {', '.join(RESUMABLE_CHANGES)} may change) or start a new "
+        f"--workdir.")
+
+
+def _check_data(cfg: Config) -> Path:
+  if not cfg.data.path:
+    raise JaxWorldError("data.path is empty. Generate data with `jaxworld "
+                        "data generate --out DIR` and pass data.path=DIR.")
+  root = Path(cfg.data.path)
+  meta = records.read_metadata(root)
+  if meta["image_size"] != cfg.world.image_size:
+    raise JaxWorldError(
+        f"The dataset at {root} has {meta['image_size']}px frames but "
+        f"world.image_size={cfg.world.image_size}; set "
+        f"world.image_size={meta['image_size']} or regenerate the data.")
+  if meta["episode_length"] < cfg.data.window:
+    raise JaxWorldError(
+        f"The dataset's episodes have {meta['episode_length']} frames, fewer "
+        f"than data.window={cfg.data.window}; lower data.window.")
+  if meta["num_actions"] > cfg.dynamics.num_actions:
+    raise JaxWorldError(
+        f"The dataset has {meta['num_actions']} actions but "
+        f"dynamics.num_actions={cfg.dynamics.num_actions}; raise it.")
+  records.shard_paths(root, "train")
+  return root
+
+
+def _with_tokenizer_config(cfg: Config) -> Config:
+  """The dynamics stage takes its tokenizer section from the tokenizer run."""
+  if cfg.train.stage != "dynamics":
+    return cfg
+  workdir = cfg.dynamics.tokenizer_workdir
+  if not workdir:
+    raise JaxWorldError("The dynamics stage needs a trained tokenizer: set "
+                        "dynamics.tokenizer_workdir=<tokenizer run workdir>.")
+  tok_cfg = checkpoint.read_config(workdir)
+  if tok_cfg.tokenizer != cfg.tokenizer:
+    log.info("using the tokenizer section of %s (the trained tokenizer)",
+             workdir)
+  return dataclasses.replace(cfg, tokenizer=tok_cfg.tokenizer)
+
+
+def _frozen_tokenizer(cfg: Config, mesh: Any) -> steplib.Frozen | None:
+  """For the dynamics stage: the trained tokenizer, sharded over `mesh`."""
+  if cfg.train.stage != "dynamics":
+    return None
+  workdir = cfg.dynamics.tokenizer_workdir
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: build.tokenizer(cfg, nnx.Rngs(0))))
+  shardings = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
+  state, step = checkpoint.restore_model(workdir, abstract, shardings)
+  log.info("loaded tokenizer from %s (step %d)", workdir, step)
+  return steplib.Frozen(graphdef, state)
+
+
+def _log_model(state: Any, mesh: Any, stage: str) -> None:
+  model = state["model"]
+  log.info("%s: %s parameters", stage, f"{build.count_params(model):,}")
+  for name, count in build.param_table(model):
+    log.info("  %-12s %12s", name, f"{count:,}")
+  log.info("mesh %s on %d devices (%d processes)", dict(mesh.shape),
+           mesh.size, jax.process_count())
+
+
+def train(cfg: Config, workdir: str | Path, resume: bool = False
+          ) -> dict[str, Any]:
+  """Trains `cfg.train.stage`; returns the last logged metrics and timings."""
+  t0 = time.perf_counter()
+  meshlib.maybe_initialize_distributed()
+  workdir = Path(workdir)
+  # ---- checks: nothing is written or compiled until these pass.
+  cfg = _with_tokenizer_config(cfg)
+  _check_workdir(cfg, workdir, resume)
+  data_root = _check_data(cfg)
+  mesh = meshlib.make_mesh(cfg.mesh)
+  per_process_batch = meshlib.check_batch(cfg.train.batch_size, mesh)
+  frozen = _frozen_tokenizer(cfg, mesh)
+  stage, t = cfg.train.stage, cfg.train
+
+  compiled = steplib.compile_step(cfg, stage, mesh, frozen)
+  log.info("compiled %s step in %.1fs (%s)", stage, time.perf_counter() - t0,
+           compiled.memory)
+  data = iter(pipeline.train_dataset(cfg.data, data_root, per_process_batch,
+                                     jax.process_index(), jax.process_count()))
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints)
+  start = ckpts.latest_step() if resume else None
+  if start is not None:
+    _, abstract = steplib.abstract_state(cfg, stage)
+    state = ckpts.restore(start, abstract, compiled.state_shardings, data)
+    log.info("resumed %s from step %d", workdir, start)
+  else:
+    start = 0
+    state = compiled.init()
+    if jax.process_index() == 0:
+      configlib.save(cfg, workdir / "config.json")
+  _log_model(state, mesh, stage)
+  if start >= t.steps:
+    log.info("%s is already at step %d of %d", workdir, start, t.steps)
+
+  logger = metrics.MetricLogger(workdir, stage, t.steps, start)
+  frozen_state = frozen.state if frozen is not None else None
+  last: dict[str, float] = {}
+  try:
+    for i in range(start, t.steps):
+      batch = steplib.device_batch(next(data), compiled.batch_shardings)
+      state, step_metrics = compiled.step(state, frozen_state, batch)
+      done = i + 1
+      if i == start:
+        jax.block_until_ready(step_metrics)
+        logger.start_clock(done)
+      if done % t.log_every == 0 or done == t.steps:
+        last = logger.write(done, step_metrics)
+        if not math.isfinite(last["loss"]):
+          raise JaxWorldError(
+              f"The {stage} loss became {last['loss']} at step {done}. Lower "
+              f"train.learning_rate (now {t.learning_rate}) or "
+              f"train.grad_clip, or raise train.warmup_steps.")
+      if done % t.checkpoint_every == 0 or done == t.steps:
+        ckpts.save(done, state, data, cfg)
+  finally:
+    ckpts.wait()
+    ckpts.close()
+    logger.close()
+    if hasattr(data, "close"):
+      data.close()
+  return {"stage": stage, "steps": t.steps, "metrics": last,
+          "seconds": time.perf_counter() - t0}

@@ -1,0 +1,99 @@
+"""Training objectives, one per stage.
+
+An objective has two parts: `prepare(frozen, batch)` runs the models a stage
+reads but does not train (the tokenizer, for the dynamics stage) outside the
+gradient, and `loss(model, batch, rng) -> (loss, metrics)` is differentiated.
+Batches arrive as on the host: uint8 frames, int32 actions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxworld.config import Config
+
+Metrics = dict[str, jax.Array]
+Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  loss: Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
+  prepare: Callable[[Any, Batch], Batch] = lambda frozen, batch: batch
+
+
+def to_unit_float(frames_BTHWC: jax.Array) -> jax.Array:
+  return frames_BTHWC.astype(jnp.float32) / 255.0
+
+
+def psnr_from_mse(mse: jax.Array) -> jax.Array:
+  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+def tokenizer_objective(cfg: Config) -> Objective:
+  """Pixel MSE of the reconstruction plus the VQ codebook/commitment loss."""
+  commitment = cfg.tokenizer.commitment_weight
+
+  def loss(model, batch, rng):
+    del rng
+    frames_BTHWC = to_unit_float(batch["frames"])
+    recon_BTHWC, _, aux = model(frames_BTHWC, commitment)
+    mse = jnp.mean((recon_BTHWC - frames_BTHWC) ** 2)
+    return mse + aux["vq_loss"], {"mse": mse, "psnr": psnr_from_mse(mse),
+                                  **aux}
+
+  return Objective(loss)
+
+
+def dynamics_mask(rng: jax.Array, shape_BTN: tuple[int, int, int],
+                  target_prob: float, ratio_min: float) -> jax.Array:
+  """Which tokens to hide: some frames are targets, the rest stay clean.
+
+  Frame 0 has no action leading into it and is never a target. A target
+  frame hides a uniform-random fraction in [ratio_min, 1] of its tokens, so
+  the model learns every stage of MaskGIT decoding, from fully masked on.
+  """
+  b, t, n = shape_BTN
+  k_target, k_ratio, k_tokens = jax.random.split(rng, 3)
+  target_BT = jax.random.bernoulli(k_target, target_prob, (b, t))
+  target_BT = target_BT.at[:, 0].set(False)
+  ratio_BT = jax.random.uniform(k_ratio, (b, t), minval=ratio_min, maxval=1.0)
+  hide_BTN = jax.random.uniform(k_tokens, (b, t, n)) < ratio_BT[..., None]
+  return hide_BTN & target_BT[..., None]
+
+
+def dynamics_objective(cfg: Config) -> Objective:
+  """Cross-entropy of the hidden tokens given history, visible tokens and
+  actions. The frozen tokenizer turns frames into target tokens in-step."""
+  d = cfg.dynamics
+
+  def prepare(tokenizer, batch):
+    return {"tokens": tokenizer.encode(to_unit_float(batch["frames"])),
+            "actions": batch["actions"]}
+
+  def loss(model, batch, rng):
+    tokens_BTN = batch["tokens"]
+    mask_BTN = dynamics_mask(rng, tokens_BTN.shape, d.target_frame_prob,
+                             d.mask_ratio_min)
+    logits_BTNV = model(tokens_BTN, batch["actions"], mask_BTN)
+    ce_BTN = optax.softmax_cross_entropy_with_integer_labels(logits_BTNV,
+                                                            tokens_BTN)
+    weight_BTN = mask_BTN.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(weight_BTN), 1.0)
+    loss = jnp.sum(ce_BTN * weight_BTN) / count
+    hit_BTN = (jnp.argmax(logits_BTNV, -1) == tokens_BTN).astype(jnp.float32)
+    return loss, {"masked_accuracy": jnp.sum(hit_BTN * weight_BTN) / count,
+                  "mask_fraction": jnp.mean(weight_BTN)}
+
+  return Objective(loss, prepare)
+
+
+def for_stage(cfg: Config, stage: str) -> Objective:
+  return {"tokenizer": tokenizer_objective,
+          "dynamics": dynamics_objective}[stage](cfg)

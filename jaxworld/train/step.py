@@ -1,0 +1,134 @@
+"""The train state and the compiled, sharded train step.
+
+The state is one nnx graph (model + optimizer) split into a static graphdef
+and an nnx.State pytree. Optimizer moments inherit their parameter's logical
+axis names, so one call maps the whole state onto the mesh. The step is a
+pure function jitted with explicit in/out shardings and the state donated:
+parameters and moments are updated in place, and the same code runs data
+parallel, FSDP or tensor parallel depending only on the mesh and rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxworld.config import Config
+from jaxworld.models import build
+from jaxworld.parallel import mesh as meshlib
+from jaxworld.train import objectives, optim
+
+log = logging.getLogger(__name__)
+
+
+class TrainState(nnx.Module):
+  """Everything the step updates: the model and its optimizer."""
+
+  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation):
+    self.model = model
+    self.optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+  """A model the step reads but does not train (e.g. the tokenizer)."""
+  graphdef: Any
+  state: nnx.State
+
+
+@dataclasses.dataclass
+class CompiledStep:
+  """A stage's train step, compiled for one mesh and batch shape."""
+  graphdef: Any
+  state_shardings: nnx.State
+  batch_shardings: dict[str, Any]
+  init: Any      # () -> state, created directly in its sharded layout
+  step: Any      # (state, frozen_state, batch) -> (state, metrics)
+  memory: str    # compiled memory summary, for the log
+
+
+def abstract_state(cfg: Config, stage: str) -> tuple[Any, nnx.State]:
+  """(graphdef, state of ShapeDtypeStructs) without allocating anything."""
+  tx = optim.make(cfg.train)
+  ts = nnx.eval_shape(
+      lambda: TrainState(build.for_stage(cfg, stage, cfg.train.seed), tx))
+  return nnx.split(ts)
+
+
+def batch_spec(cfg: Config, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:
+  t, s = cfg.data.window, cfg.world.image_size
+  return {"frames": jax.ShapeDtypeStruct((global_batch, t, s, s, 3), jnp.uint8),
+          "actions": jax.ShapeDtypeStruct((global_batch, t), jnp.int32)}
+
+
+def compile_step(cfg: Config, stage: str, mesh: Mesh,
+                 frozen: Frozen | None) -> CompiledStep:
+  """Lowers and compiles init and step ahead of time for this mesh."""
+  tx = optim.make(cfg.train)
+  graphdef, abstract = abstract_state(cfg, stage)
+  state_sh = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
+  batch = batch_spec(cfg, cfg.train.batch_size)
+  batch_sh = {k: meshlib.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+  objective = objectives.for_stage(cfg, stage)
+  lr = optim.schedule(cfg.train)
+  seed = cfg.train.seed
+
+  def init() -> nnx.State:
+    return nnx.state(TrainState(build.for_stage(cfg, stage, seed), tx))
+
+  def step(state: nnx.State, frozen_state: Any, batch: dict[str, jax.Array]):
+    ts = nnx.merge(graphdef, state)
+    count = ts.optimizer.step[...]
+    # Randomness (masks) is a pure function of seed and step: a resumed run
+    # draws exactly what the uninterrupted run would have.
+    rng = jax.random.fold_in(jax.random.key(seed), count)
+    if frozen is not None:
+      batch = objective.prepare(nnx.merge(frozen.graphdef, frozen_state), batch)
+
+    def loss_fn(model):
+      return objective.loss(model, batch, rng)
+
+    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(ts.model)
+    ts.optimizer.update(ts.model, grads)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": lr(count)}
+    return nnx.state(ts), metrics
+
+  frozen_abstract = frozen.state if frozen is not None else None
+  frozen_sh = (meshlib.param_shardings(frozen.state, mesh, cfg.mesh.rules)
+               if frozen is not None else None)
+  replicated = meshlib.replicated(mesh)
+  init_jit = jax.jit(init, out_shardings=state_sh)
+  step_jit = jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_sh),
+                     out_shardings=(state_sh, replicated), donate_argnums=0)
+  compiled = step_jit.lower(abstract, frozen_abstract, batch).compile()
+  return CompiledStep(graphdef, state_sh, batch_sh, init_jit, compiled,
+                      _memory_summary(compiled))
+
+
+def _memory_summary(compiled: Any) -> str:
+  try:
+    m = compiled.memory_analysis()
+  except NotImplementedError:  # Not every backend reports it.
+    return "n/a"
+  if m is None:
+    return "n/a"
+  mib = lambda b: f"{b / 2**20:.1f} MiB"
+  return (f"args {mib(m.argument_size_in_bytes)}, temps "
+          f"{mib(m.temp_size_in_bytes)}, outputs {mib(m.output_size_in_bytes)}"
+          f" per device")
+
+
+def device_batch(batch: dict[str, np.ndarray], shardings: dict[str, Any]
+                 ) -> dict[str, jax.Array]:
+  """This process's numpy batch -> global arrays sharded over the mesh."""
+  return {k: jax.make_array_from_process_local_data(shardings[k], v)
+          for k, v in batch.items()}

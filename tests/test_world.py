@@ -64,7 +64,7 @@ def test_motion_magnitude(sample):
   step_ETK = np.linalg.norm(np.diff(sample["states"][:, :, :-1, :2], axis=1),
                             axis=-1)
   assert 1.0 < step_ETK.mean() < 6.0
-  assert step_ETK.max() <= 2 * CFG.speed_max + CFG.radius_max
+  assert step_ETK.max() <= 2 * CFG.speed_max + CFG.agent_speed  # No jumps.
 
 
 def test_given_actions_are_honoured():

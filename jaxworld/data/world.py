@@ -1,24 +1,25 @@
 """The embedded procedural 2D physics world: bouncing balls and a pushing agent.
 
-A square frame of `image_size` pixels holds K = `num_objects` balls and one
-agent, an axis-aligned white square moved by 5 discrete actions. Coordinates
-are continuous pixels, x right and y down; pixel (row i, column j) covers
-[j, j+1) x [i, i+1). Pure numpy, vectorised over episodes; only time loops.
+K = `num_objects` balls and an agent (a white axis-aligned square moved by 5
+discrete actions) in a square frame. Coordinates are continuous pixels, x
+right and y down; pixel (row i, column j) covers [j, j+1) x [i, i+1). Pure
+numpy, vectorised over episodes; only time is a Python loop.
 
-Each frame, in this order:
-  * The agent moves `agent_speed` px in the action's direction, clamped to
-    the frame. It has infinite mass: balls never move it.
-  * Balls: vy += gravity, then position += velocity (semi-implicit Euler).
-  * Ball-ball: elastic collision along the centre normal, mass proportional
-    to area (r^2); overlapping balls separate in inverse proportion to mass.
-  * Agent push: a ball overlapping the square moves out along the
+Each frame is two substeps (half the travel between collision checks) of:
+  * agent moves part of `agent_speed` px in the action's direction, clamped
+    to the frame; balls: vy += gravity, then position += velocity;
+  * ball-ball elastic collisions along the centre normal, mass ~ area (r^2);
+    overlapping balls separate in inverse proportion to mass;
+  * walls: centres clamped to [r, size - r], the normal velocity reflected
+    and scaled by `restitution`;
+  * agent push: a ball overlapping the square moves out along the
     closest-point normal and its velocity relative to the agent is reflected
-    (an elastic moving wall), so a moving agent kicks balls away.
-  * Walls: centres are clamped to [r, size - r]; the normal velocity is
-    reflected and scaled by `restitution`.
-  * Energy floor and cap: a ball slower than `speed_min` is sped up to it
-    (else restitution and gravity settle balls on the floor) and one faster
-    than 2 * `speed_max` is slowed to that (no tunnelling).
+    (an elastic moving wall), so a moving agent kicks balls away;
+  * energy floor and cap: a ball slower than `speed_min` is sped up to it
+    (else restitution and gravity settle balls on the floor); one faster than
+    2 * `speed_max` is slowed to that (limits tunnelling).
+The agent has infinite mass, except that a ball pinned between it and a wall
+stops it: after the substeps it backs off by the overlap.
 
 State layout: `states[e, t]` is [K+1, 4], rows (x, y, vx, vy) for the K balls
 then the agent. A ball's (vx, vy) is the velocity it carries out of frame t;
@@ -46,16 +47,30 @@ PALETTE = np.array([[255, 60, 60], [60, 220, 60], [70, 130, 255],
 AGENT_COLOR = np.array([255, 255, 255], np.float32)
 _RENDER_CHUNK_EPISODES = 64  # Bounds render temporaries to tens of MB.
 _PLACEMENT_TRIES = 20
+_SUBSTEPS = 2
 
 
 def _norm(v: np.ndarray) -> np.ndarray:
   return np.sqrt(np.sum(v * v, axis=-1))
 
 
-def _square_gap(pos_EK2, agent_E2, half: float):
-  """Ball centres relative to the agent, and their offset from its square."""
+def _agent_contact(radii_EK, pos_EK2, agent_E2, half: float):
+  """Outward normals [E, K, 2] and depths [E, K] (> 0: touching) of balls.
+
+  Closest-point normals; a centre inside the square exits the nearest face.
+  """
   rel_EK2 = pos_EK2 - agent_E2[:, None]
-  return rel_EK2, rel_EK2 - np.clip(rel_EK2, -half, half)
+  gap_EK2 = rel_EK2 - np.clip(rel_EK2, -half, half)
+  dist_EK = _norm(gap_EK2)
+  inside_EK = dist_EK < 1e-9
+  depth_EK2 = half - np.abs(rel_EK2)
+  face_EK2 = (np.eye(2)[np.argmin(depth_EK2, -1)]
+              * np.where(rel_EK2 >= 0, 1.0, -1.0))
+  n_EK2 = np.where(inside_EK[..., None], face_EK2,
+                   gap_EK2 / np.maximum(dist_EK, 1e-9)[..., None])
+  pen_EK = np.where(inside_EK, radii_EK + depth_EK2.min(-1),
+                    radii_EK - dist_EK)
+  return n_EK2, pen_EK
 
 
 def _initial_state(cfg: WorldConfig, rng: np.random.Generator, e: int):
@@ -69,30 +84,29 @@ def _initial_state(cfg: WorldConfig, rng: np.random.Generator, e: int):
   agent_E2 = rng.uniform(half, size - half, (e, 2))
   r_EK1 = radii_EK[..., None]
   pos_EK2 = rng.uniform(r_EK1, size - r_EK1, (e, k, 2))
-  # Vectorised rejection: redraw balls touching another ball or the agent.
-  # A fixed number of rounds keeps the rng stream (so the output) fixed; an
+  # Vectorised rejection: redraw balls within 1 px of a ball or the agent. A
+  # fixed number of rounds keeps the rng stream (so the output) fixed; an
   # overlap left over is resolved by the first physics step.
   for _ in range(_PLACEMENT_TRIES):
     candidate_EK2 = rng.uniform(r_EK1, size - r_EK1, (e, k, 2))
     dist_EKK = _norm(pos_EK2[:, :, None] - pos_EK2[:, None])
     touch_EKK = dist_EKK < radii_EK[:, :, None] + radii_EK[:, None] + 1
     touch_EKK &= ~np.eye(k, dtype=bool)
-    _, gap_EK2 = _square_gap(pos_EK2, agent_E2, half)
-    bad_EK = touch_EKK.any(-1) | (_norm(gap_EK2) < radii_EK + 1)
+    _, pen_EK = _agent_contact(radii_EK, pos_EK2, agent_E2, half)
+    bad_EK = touch_EKK.any(-1) | (pen_EK > -1)
     pos_EK2 = np.where(bad_EK[..., None], candidate_EK2, pos_EK2)
   return radii_EK, pos_EK2, vel_EK2, agent_E2
 
 
 def _collide_balls(radii_EK, pos_EK2, vel_EK2) -> None:
-  """Elastic ball-ball collisions with mass ~ r^2, in place.
+  """Elastic ball-ball collisions, in place, one pair at a time.
 
-  Pairs go one at a time (K is small): more robust than a simultaneous
-  update when three balls touch.
+  Sequential pairs (K is small) are more robust than a simultaneous update
+  when three balls touch.
   """
   mass_EK = radii_EK ** 2
-  k = radii_EK.shape[1]
-  for i in range(k):
-    for j in range(i + 1, k):
+  for i in range(radii_EK.shape[1]):
+    for j in range(i + 1, radii_EK.shape[1]):
       d_E2 = pos_EK2[:, j] - pos_EK2[:, i]
       dist_E = _norm(d_E2)
       n_E2 = np.where(dist_E[:, None] > 1e-9,
@@ -107,55 +121,56 @@ def _collide_balls(radii_EK, pos_EK2, vel_EK2) -> None:
       vel_EK2[:, j] -= n_E2 * (2 * (1 - w_i_E) * vn_E)[:, None]
 
 
-def _push_by_agent(radii_EK, pos_EK2, vel_EK2, agent_E2, agent_vel_E2,
-                   half: float) -> None:
-  """Pushes balls out of the agent square and bounces them off it, in place.
-
-  Reflects the velocity relative to the agent along the closest-point normal;
-  a centre inside the square leaves by the nearest face.
-  """
-  rel_EK2, gap_EK2 = _square_gap(pos_EK2, agent_E2, half)
-  dist_EK = _norm(gap_EK2)
-  inside_EK = dist_EK < 1e-9
-  depth_EK2 = half - np.abs(rel_EK2)
-  face_EK2 = (np.eye(2)[np.argmin(depth_EK2, -1)]
-              * np.where(rel_EK2 >= 0, 1.0, -1.0))
-  n_EK2 = np.where(inside_EK[..., None], face_EK2,
-                   gap_EK2 / np.maximum(dist_EK, 1e-9)[..., None])
-  pen_EK = np.where(inside_EK, radii_EK + depth_EK2.min(-1),
-                    radii_EK - dist_EK)
-  hit_EK = pen_EK > 0
-  pos_EK2 += n_EK2 * np.where(hit_EK, pen_EK, 0.0)[..., None]
-  vn_EK = np.sum((vel_EK2 - agent_vel_E2[:, None]) * n_EK2, -1)
-  vn_EK = np.where(hit_EK & (vn_EK < 0), vn_EK, 0.0)
-  vel_EK2 -= n_EK2 * (2 * vn_EK)[..., None]
-
-
-def _step_balls(cfg, radii_EK, pos_EK2, vel_EK2, agent_E2, agent_vel_E2):
-  """Advances ball positions and velocities by one frame, in place."""
-  vel_EK2[..., 1] += cfg.gravity
-  pos_EK2 += vel_EK2
+def _step_balls(cfg, radii_EK, pos_EK2, vel_EK2, agent_E2, agent_vel_E2,
+                dt: float) -> None:
+  """Advances balls by `dt` frames, in place; velocities are px/frame."""
+  low_EK1 = radii_EK[..., None]
+  high_EK1 = cfg.image_size - low_EK1
+  vel_EK2[..., 1] += cfg.gravity * dt
+  pos_EK2 += vel_EK2 * dt
   _collide_balls(radii_EK, pos_EK2, vel_EK2)
-  _push_by_agent(radii_EK, pos_EK2, vel_EK2, agent_E2, agent_vel_E2,
-                 cfg.agent_size / 2)
-  # Walls last, so every returned centre is inside the frame.
-  low_EK2 = pos_EK2 < radii_EK[..., None]
-  high_EK2 = pos_EK2 > cfg.image_size - radii_EK[..., None]
-  vel_EK2[:] = np.where(low_EK2, np.abs(vel_EK2) * cfg.restitution, vel_EK2)
-  vel_EK2[:] = np.where(high_EK2, -np.abs(vel_EK2) * cfg.restitution, vel_EK2)
-  pos_EK2[:] = np.clip(pos_EK2, radii_EK[..., None],
-                       cfg.image_size - radii_EK[..., None])
+  bounce_EK2 = np.abs(vel_EK2) * cfg.restitution
+  vel_EK2[:] = np.where(pos_EK2 < low_EK1, bounce_EK2, vel_EK2)
+  vel_EK2[:] = np.where(pos_EK2 > high_EK1, -bounce_EK2, vel_EK2)
+  np.clip(pos_EK2, low_EK1, high_EK1, out=pos_EK2)
+  # The agent acts after the walls, so a ball it pins against a wall keeps
+  # a velocity into the wall rather than bouncing off the wall through the
+  # agent. Clamp again to stay inside; `_move_agent` then backs off.
+  n_EK2, pen_EK = _agent_contact(radii_EK, pos_EK2, agent_E2,
+                                 cfg.agent_size / 2)
+  pos_EK2 += n_EK2 * np.maximum(pen_EK, 0.0)[..., None]
+  vn_EK = np.sum((vel_EK2 - agent_vel_E2[:, None]) * n_EK2, -1)
+  vn_EK = np.where((pen_EK > 0) & (vn_EK < 0), vn_EK, 0.0)
+  vel_EK2 -= n_EK2 * (2 * vn_EK)[..., None]
+  np.clip(pos_EK2, low_EK1, high_EK1, out=pos_EK2)
   speed_EK = _norm(vel_EK2)  # Energy floor and cap (module docstring).
   target_EK = np.clip(speed_EK, cfg.speed_min, 2 * cfg.speed_max)
   vel_EK2 *= (target_EK / np.maximum(speed_EK, 1e-9))[..., None]
 
 
-def _patch(centre_N2: np.ndarray, first_frame: int, reach: float, size: int):
-  """A P x P patch around each centre, clamped inside the frame.
+def _move_agent(cfg, radii_EK, pos_EK2, vel_EK2, agent_E2, step_E2):
+  """Steps the agent and balls one frame; returns the agent's position."""
+  half = cfg.agent_size / 2
+  target_E2 = np.clip(agent_E2 + step_E2, half, cfg.image_size - half)
+  move_E2 = target_E2 - agent_E2
+  for sub in range(1, _SUBSTEPS + 1):
+    _step_balls(cfg, radii_EK, pos_EK2, vel_EK2,
+                agent_E2 + move_E2 * (sub / _SUBSTEPS), move_E2,
+                1.0 / _SUBSTEPS)
+  # Balls left overlapping are pinned against a wall: they block the agent.
+  # Per axis, take the deepest push each way (opposite pushes partly cancel).
+  n_EK2, pen_EK = _agent_contact(radii_EK, pos_EK2, target_E2, half)
+  back_EK2 = n_EK2 * np.maximum(pen_EK, 0.0)[..., None]
+  back_E2 = back_EK2.max(1, initial=0.0) + back_EK2.min(1, initial=0.0)
+  return np.clip(target_E2 - back_E2, half, cfg.image_size - half)
 
-  Returns its pixel indices [N, P, P] into all frames (frame n is
-  `first_frame + n`) and pixel-centre offsets dx [N, 1, P], dy [N, P, 1].
-  Objects lie inside the frame, so the clamp never cuts them.
+
+def _patch(centre_N2: np.ndarray, first_frame: int, reach: float, size: int):
+  """Pixel indices [N, P, P] and pixel-centre offsets of a patch per centre.
+
+  Indices are into all frames flattened (frame n is `first_frame + n`);
+  offsets are dx [N, 1, P] and dy [N, P, 1]. Objects lie inside the frame,
+  so clamping the patch to it never cuts them.
   """
   p = min(2 * int(np.ceil(reach + 1)), size)
   corner_N2 = np.floor(centre_N2).astype(np.int64) - p // 2
@@ -171,10 +186,8 @@ def _patch(centre_N2: np.ndarray, first_frame: int, reach: float, size: int):
 
 
 def _composite(bytes_X, flat_NPP, alpha_NPP, color_C) -> None:
-  """Blends `color_C` over pixels `flat_NPP` of the flat RGB `bytes_X`.
-
-  Only the soft edge is read and blended; covered pixels are just set.
-  """
+  """Blends `color_C` over pixels `flat_NPP` of the flat RGB `bytes_X`."""
+  # Only the soft edge is read and blended; scatters dominate the cost.
   rgb_3 = np.arange(3)
   full_NPP = alpha_NPP >= 1.0
   bytes_X[flat_NPP[full_NPP][:, None] * 3 + rgb_3] = color_C.astype(np.uint8)
@@ -235,10 +248,9 @@ def generate(cfg: WorldConfig, num_episodes: int, num_frames: int, seed: int,
 
   `actions[:, t]` is taken after frame t is drawn, so it shapes frame t+1.
   Without `actions_ET` a sticky random policy acts: repeat the last action
-  with probability `action_repeat_prob`, else draw one uniformly. The
-  initial state is drawn before any policy randomness, so one seed with
-  different given actions starts from the same state. Deterministic in all
-  arguments.
+  with probability `action_repeat_prob`, else draw one uniformly. The initial
+  state is drawn before the policy, so one seed with different given actions
+  starts from the same state. Deterministic in all arguments.
 
   Returns frames uint8 [E, T, H, W, 3], actions int32 [E, T], states float32
   [E, T, K+1, 4] (see the module docstring) and radii float32 [E, K].
@@ -257,7 +269,6 @@ def generate(cfg: WorldConfig, num_episodes: int, num_frames: int, seed: int,
     for t in range(1, t_max):
       actions_ET[:, t] = np.where(repeat_ET[:, t], actions_ET[:, t - 1],
                                   actions_ET[:, t])
-  half = cfg.agent_size / 2
   states_ETK4 = np.zeros((e, t_max, k + 1, 4), np.float32)
   agent_vel_E2 = np.zeros((e, 2))
   for t in range(t_max):
@@ -266,9 +277,8 @@ def generate(cfg: WorldConfig, num_episodes: int, num_frames: int, seed: int,
     if t == t_max - 1:
       break  # The last action's outcome is never drawn.
     step_E2 = _ACTION_DIRS_A2[actions_ET[:, t]] * cfg.agent_speed
-    moved_E2 = np.clip(agent_E2 + step_E2, half, cfg.image_size - half)
+    moved_E2 = _move_agent(cfg, radii_EK, pos_EK2, vel_EK2, agent_E2, step_E2)
     agent_vel_E2, agent_E2 = moved_E2 - agent_E2, moved_E2
-    _step_balls(cfg, radii_EK, pos_EK2, vel_EK2, agent_E2, agent_vel_E2)
   radii_EK = radii_EK.astype(np.float32)
   return {"frames": render(cfg, states_ETK4, radii_EK), "actions": actions_ET,
           "states": states_ETK4, "radii": radii_EK}

@@ -105,11 +105,10 @@ class BackboneConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-  """VQ-VAE video tokenizer: patches -> ST encoder -> codebook -> ST decoder."""
+  """VQ-VAE video tokenizer: patches -> ST encoder -> FSQ -> ST decoder."""
   patch_size: int = field(4, "Square patch side in pixels; N = (size/patch)^2.")
-  codebook_size: int = field(256, "Number of discrete codes V.")
-  latent_dim: int = field(16, "Code vector dimension (quantised space).")
-  commitment_weight: float = field(0.25, "Weight of the VQ commitment loss.")
+  fsq_levels: tuple = field((8, 5, 5, 5), "Levels per latent channel of the "
+                            "FSQ quantiser; V = their product (here 1000).")
   encoder: BackboneConfig = section(BackboneConfig, "Encoder backbone.")
   decoder: BackboneConfig = section(BackboneConfig, "Decoder backbone.")
 
@@ -311,6 +310,10 @@ def validate(cfg: Config) -> None:
   check(t.stage in ("tokenizer", "dynamics"),
         f"train.stage={t.stage!r}: use \"tokenizer\" or \"dynamics\".")
   p = cfg.tokenizer.patch_size
+  check(len(cfg.tokenizer.fsq_levels) >= 1 and all(
+      isinstance(v, int) and v >= 2 for v in cfg.tokenizer.fsq_levels),
+        f"tokenizer.fsq_levels={list(cfg.tokenizer.fsq_levels)} must be a "
+        f"list of integers >= 2, e.g. [8, 5, 5, 5].")
   check(w.image_size % p == 0,
         f"world.image_size={w.image_size} is not divisible by "
         f"tokenizer.patch_size={p}; pick a patch size that divides it.")

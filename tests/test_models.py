@@ -35,14 +35,26 @@ def test_tokenizer_shapes_and_range():
   cfg = tiny_config()
   tok = build.tokenizer(cfg, nnx.Rngs(0))
   frames = jax.random.uniform(jax.random.key(0), (2, 4, 32, 32, 3))
-  recon, tokens, aux = tok(frames, 0.25)
+  recon, tokens, aux = tok(frames)
   assert recon.shape == frames.shape
   assert tokens.shape == (2, 4, 16) and tokens.dtype == jnp.int32
-  assert int(tokens.max()) < cfg.tokenizer.codebook_size
+  assert int(tokens.max()) < build.codebook_size(cfg) == 32
   decoded = tok.decode(tok.encode(frames))
   assert decoded.shape == frames.shape
   assert float(decoded.min()) >= 0 and float(decoded.max()) <= 1
-  assert set(aux) == {"vq_loss", "codebook_perplexity"}
+  assert set(aux) == {"codebook_perplexity"}
+
+
+def test_fsq_tokens_and_codes_agree():
+  from jaxworld.models.quantizer import FSQ
+  fsq = FSQ((8, 5, 3))
+  z = 3 * jax.random.normal(jax.random.key(0), (4096, 3))
+  codes, tokens, aux = fsq(z)
+  np.testing.assert_allclose(fsq.codes(tokens), codes, atol=1e-6)
+  assert float(jnp.abs(codes).max()) <= 1
+  all_codes = fsq.codes(jnp.arange(fsq.codebook_size))
+  assert len(np.unique(np.asarray(all_codes), axis=0)) == 120
+  assert float(aux["codebook_perplexity"]) > 50
 
 
 def test_dynamics_uses_actions():

@@ -85,9 +85,18 @@ def train_dataset(cfg: DataConfig, root: str | Path, batch_size: int,
                            prefetch_buffer_size=cfg.prefetch)
   it_ds = ds.to_iter_dataset(read)
   if cfg.num_workers > 0:
+    _mark_absl_flags_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch))
   return it_ds
+
+
+def _mark_absl_flags_parsed() -> None:
+  """Grain's worker processes read absl flags; we are not an absl app, so
+  mark the (default) flags parsed rather than crash in the workers."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 def load_episodes(root: str | Path, split: str, count: int

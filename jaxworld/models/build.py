@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import numpy as np
 from flax import nnx
 
 from jaxworld.config import BackboneConfig, Config
@@ -21,18 +22,23 @@ def num_tokens(cfg: Config) -> int:
   return (cfg.world.image_size // cfg.tokenizer.patch_size) ** 2
 
 
+def codebook_size(cfg: Config) -> int:
+  """Token vocabulary V of the tokenizer."""
+  return int(np.prod(cfg.tokenizer.fsq_levels))
+
+
 def tokenizer(cfg: Config, rngs: nnx.Rngs) -> VideoTokenizer:
   t = cfg.tokenizer
   return VideoTokenizer(rngs, image_size=cfg.world.image_size,
-                        patch_size=t.patch_size, codebook_size=t.codebook_size,
-                        latent_dim=t.latent_dim, max_frames=cfg.data.window,
+                        patch_size=t.patch_size, fsq_levels=t.fsq_levels,
+                        max_frames=cfg.data.window,
                         encoder=_backbone(t.encoder),
                         decoder=_backbone(t.decoder))
 
 
 def dynamics(cfg: Config, rngs: nnx.Rngs) -> MaskGITDynamics:
   d = cfg.dynamics
-  return MaskGITDynamics(rngs, codebook_size=cfg.tokenizer.codebook_size,
+  return MaskGITDynamics(rngs, codebook_size=codebook_size(cfg),
                          num_actions=d.num_actions, num_tokens=num_tokens(cfg),
                          max_frames=cfg.data.window,
                          backbone=_backbone(d.backbone))

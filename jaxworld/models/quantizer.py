@@ -1,56 +1,75 @@
-"""Vector quantiser with a straight-through estimator.
+"""Finite scalar quantisation (FSQ): the VQ-VAE bottleneck without a codebook
+to learn.
 
-Codes and inputs are L2-normalised before the nearest-code lookup (cosine
-similarity): this keeps the codebook well used without EMA updates or
-restarts, which matters for short training runs.
+Each of the d = len(levels) latent channels is squashed to a bounded range
+and rounded to one of `levels[i]` values (straight-through gradient); the
+token is the mixed-radix number of the d digits, so V = prod(levels). Unlike
+a learned codebook, FSQ cannot collapse onto a few codes and needs no
+commitment loss, EMA or code restarts: on short runs a learned codebook here
+collapsed to 1-2 codes on the mostly-black frames, FSQ uses hundreds
+(Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made Simple").
 
-Dimension keys: V codebook size, E code width; `...` any leading dims.
+Dimension keys: d latent channels (one per level); `...` any leading dims.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
-from flax import nnx
-
-from jaxworld.models.layers import make_param
-from jaxworld.parallel import axes
+import numpy as np
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
-  return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
+class FSQ:
+  """Stateless quantiser of [..., d] latents into prod(levels) tokens."""
 
+  def __init__(self, levels: Sequence[int]):
+    if any(level < 2 for level in levels):
+      raise ValueError(f"FSQ levels must be >= 2, got {tuple(levels)}")
+    self.levels = tuple(int(level) for level in levels)
+    self.codebook_size = int(np.prod(self.levels))
+    self._levels_d = np.asarray(self.levels, np.float32)
+    self._basis_d = np.cumprod((1,) + self.levels[:-1]).astype(np.int32)
+    self._half_width_d = (self._levels_d // 2).astype(np.float32)
 
-class VectorQuantizer(nnx.Module):
-  """Nearest-code quantisation of [..., E] vectors into V codes."""
+  @property
+  def dim(self) -> int:
+    return len(self.levels)
 
-  def __init__(self, rngs: nnx.Rngs, codebook_size: int, code_dim: int):
-    self.codebook_VE = make_param(
-        rngs, jax.nn.initializers.normal(1.0), (codebook_size, code_dim),
-        (axes.CODEBOOK, axes.LATENT))
+  def _bound(self, z: jax.Array) -> jax.Array:
+    """Maps R -> an interval that rounds to exactly `levels` integers."""
+    half_l = (self._levels_d - 1) * (1 + 1e-3) / 2
+    offset = np.where(self._levels_d % 2 == 1, 0.0, 0.5).astype(np.float32)
+    shift = np.tan(offset / half_l).astype(np.float32)
+    return (jnp.tanh(z + _lead(shift, z)) * _lead(half_l, z)
+            - _lead(offset, z))
 
-  def codes(self, indices: jax.Array) -> jax.Array:
-    """int [...] -> float32 [..., E] (normalised code vectors)."""
-    return _l2_normalize(self.codebook_VE[...])[indices]
+  def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+    """(codes in [-1, 1] with straight-through gradient, int32 tokens, aux).
 
-  def __call__(self, z: jax.Array, commitment_weight: float
-               ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Returns (quantised z with straight-through gradient, indices, aux).
-
-    aux holds `vq_loss` (codebook + weighted commitment loss) and
-    `codebook_perplexity` (effective number of codes used in the batch).
+    aux holds `codebook_perplexity`: the effective number of tokens used.
     """
-    z = _l2_normalize(z.astype(jnp.float32))
-    codebook_VE = _l2_normalize(self.codebook_VE[...])
-    indices = jnp.argmax(jnp.einsum("...E,VE->...V", z, codebook_VE), -1)
-    zq = codebook_VE[indices]
-    codebook_loss = jnp.mean((jax.lax.stop_gradient(z) - zq) ** 2)
-    commitment_loss = jnp.mean((z - jax.lax.stop_gradient(zq)) ** 2)
-    zq_st = z + jax.lax.stop_gradient(zq - z)
-    counts_V = jnp.bincount(indices.reshape(-1),
-                            length=codebook_VE.shape[0]).astype(jnp.float32)
-    probs_V = counts_V / jnp.sum(counts_V)
+    bounded = self._bound(z.astype(jnp.float32))
+    rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
+    half_width = _lead(self._half_width_d, z)
+    codes = rounded / half_width
+    digits = jnp.round(jax.lax.stop_gradient(rounded) + half_width)
+    tokens = jnp.sum(digits.astype(jnp.int32) * _lead(self._basis_d, z), -1)
+    counts_V = jnp.bincount(tokens.reshape(-1), length=self.codebook_size)
+    probs_V = counts_V.astype(jnp.float32) / jnp.maximum(jnp.sum(counts_V), 1)
     perplexity = jnp.exp(-jnp.sum(probs_V * jnp.log(probs_V + 1e-10)))
-    aux = {"vq_loss": codebook_loss + commitment_weight * commitment_loss,
-           "codebook_perplexity": perplexity}
-    return zq_st, indices.astype(jnp.int32), aux
+    return codes, tokens, {"codebook_perplexity": perplexity}
+
+  def codes(self, tokens: jax.Array) -> jax.Array:
+    """int tokens [...] -> codes [..., d] in [-1, 1]."""
+    t = tokens[..., None]
+    digits = (t // _lead(self._basis_d, t)) % _lead(
+        self._levels_d.astype(np.int32), t)
+    half_width = _lead(self._half_width_d, t)
+    return (digits.astype(jnp.float32) - half_width) / half_width
+
+
+def _lead(c: np.ndarray, like: jax.Array) -> np.ndarray:
+  """A per-channel constant shaped to broadcast against `like` [..., d]."""
+  return c.reshape((1,) * (like.ndim - 1) + (-1,))

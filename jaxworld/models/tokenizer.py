@@ -1,14 +1,14 @@
 """VQ-VAE video tokenizer on the ST backbone.
 
-frames -> patches -> ST encoder -> code vectors -> VQ -> tokens
-tokens -> code vectors -> ST decoder -> patches -> frames
+frames -> patches -> ST encoder -> latents -> FSQ -> tokens
+tokens -> codes -> ST decoder -> patches -> frames
 
 The encoder and decoder are temporally causal, so the tokens of frame t
 depend only on frames <= t and a rollout can tokenize frame by frame.
 
 Dimension keys: B batch, T time, H/W height/width, C channels, h/w patch-grid
 height/width, N = h*w tokens per frame, P = p*p*C pixels per patch, D width,
-E code width.
+E code width (one channel per FSQ level).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxworld.models.layers import Dense
-from jaxworld.models.quantizer import VectorQuantizer
+from jaxworld.models.quantizer import FSQ
 from jaxworld.models.st_transformer import STTransformer
 from jaxworld.parallel import axes
 
@@ -42,20 +42,21 @@ class VideoTokenizer(nnx.Module):
   """Discrete video tokenizer: frames in [0, 1] <-> int tokens [B, T, N]."""
 
   def __init__(self, rngs: nnx.Rngs, *, image_size: int, patch_size: int,
-               codebook_size: int, latent_dim: int, max_frames: int,
+               fsq_levels: tuple[int, ...], max_frames: int,
                encoder: dict[str, Any], decoder: dict[str, Any],
                channels: int = 3):
     self.image_size, self.patch_size = image_size, patch_size
     self.num_tokens = (image_size // patch_size) ** 2
     patch_dim = patch_size * patch_size * channels
     enc_w, dec_w = encoder["width"], decoder["width"]
+    self.quantizer = FSQ(fsq_levels)
+    latent_dim = self.quantizer.dim
     self.patch_in = Dense(rngs, (patch_dim,), (enc_w,), "BTNP,PD->BTND",
                           (axes.PATCH, axes.EMBED))
     self.encoder = STTransformer(rngs, num_tokens=self.num_tokens,
                                  max_frames=max_frames, **encoder)
     self.to_code = Dense(rngs, (enc_w,), (latent_dim,), "BTND,DE->BTNE",
                          (axes.EMBED, axes.LATENT))
-    self.quantizer = VectorQuantizer(rngs, codebook_size, latent_dim)
     self.from_code = Dense(rngs, (latent_dim,), (dec_w,), "BTNE,ED->BTND",
                            (axes.LATENT, axes.EMBED))
     self.decoder = STTransformer(rngs, num_tokens=self.num_tokens,
@@ -74,16 +75,15 @@ class VideoTokenizer(nnx.Module):
 
   def encode(self, frames_BTHWC: jax.Array) -> jax.Array:
     """float [B, T, H, W, C] in [0, 1] -> int32 tokens [B, T, N]."""
-    _, tokens_BTN, _ = self.quantizer(self._encode(frames_BTHWC), 0.0)
+    _, tokens_BTN, _ = self.quantizer(self._encode(frames_BTHWC))
     return tokens_BTN
 
   def decode(self, tokens_BTN: jax.Array) -> jax.Array:
     """int tokens [B, T, N] -> float32 frames [B, T, H, W, C] in [0, 1]."""
     return jnp.clip(self._decode(self.quantizer.codes(tokens_BTN)), 0.0, 1.0)
 
-  def __call__(self, frames_BTHWC: jax.Array, commitment_weight: float
+  def __call__(self, frames_BTHWC: jax.Array
                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-    """Reconstruction (unclipped), tokens and VQ aux losses/metrics."""
-    zq_BTNE, tokens_BTN, aux = self.quantizer(self._encode(frames_BTHWC),
-                                              commitment_weight)
+    """Reconstruction (unclipped), tokens and quantiser metrics."""
+    zq_BTNE, tokens_BTN, aux = self.quantizer(self._encode(frames_BTHWC))
     return self._decode(zq_BTNE), tokens_BTN, aux

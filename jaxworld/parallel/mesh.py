@@ -35,9 +35,15 @@ def maybe_initialize_distributed() -> None:
   """
   if jax.distributed.is_initialized():
     return
-  explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
-  slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
-  if explicit or slurm:
+  if "JAX_COORDINATOR_ADDRESS" in os.environ:
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+      # CPU processes exchange data through gloo (TCP), e.g. on a laptop.
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
     log.info("joined distributed job: process %d of %d",
              jax.process_index(), jax.process_count())

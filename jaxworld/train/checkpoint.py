@@ -8,7 +8,7 @@ Layout of a run directory (`--workdir`):
     checkpoints/<step>/config    the config again, so a step is self-contained
     metrics.jsonl, tb/           written by train/metrics.py
 
-The state is stored as a pure nested dict of arrays (`nnx.State.to_pure_dict`),
+The state is stored as a pure nested dict of arrays (`nnx.to_pure_dict`),
 independent of Flax's Variable classes, and restored straight into the
 shardings of the current mesh, which may differ from the one that saved it.
 """
@@ -39,7 +39,7 @@ def _restore_args(abstract_pure: Any, shardings_pure: Any) -> Any:
 def _abstract(abstract_state: nnx.State, shardings: nnx.State) -> Any:
   return jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state.to_pure_dict(), shardings.to_pure_dict())
+      nnx.to_pure_dict(abstract_state), nnx.to_pure_dict(shardings))
 
 
 class Checkpoints:
@@ -59,7 +59,7 @@ class Checkpoints:
            cfg: configlib.Config) -> None:
     """Starts an async save; training continues while arrays are written."""
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state.to_pure_dict()),
+        state=ocp.args.PyTreeSave(nnx.to_pure_dict(state)),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(configlib.to_dict(cfg))))
 
@@ -70,10 +70,10 @@ class Checkpoints:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item=target,
-            restore_args=_restore_args(target, shardings.to_pure_dict())),
+            restore_args=_restore_args(target, nnx.to_pure_dict(shardings))),
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
     state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy
-    state.replace_by_pure_dict(restored["state"])
+    nnx.replace_by_pure_dict(state, restored["state"])
     return state
 
   def wait(self) -> None:
@@ -99,10 +99,10 @@ def restore_model(workdir: str | Path, abstract_model: nnx.State,
         state=ocp.args.PyTreeRestore(
             item=target,
             restore_args={"model": _restore_args(
-                target["model"], shardings.to_pure_dict())},
+                target["model"], nnx.to_pure_dict(shardings))},
             partial_restore=True)))
   state = jax.tree.map(lambda x: x, abstract_model)
-  state.replace_by_pure_dict(restored["state"]["model"])
+  nnx.replace_by_pure_dict(state, restored["state"]["model"])
   return state, step
 
 

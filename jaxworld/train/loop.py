@@ -8,6 +8,7 @@ fails in seconds with the fix and leaves an existing run untouched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -114,6 +115,18 @@ def _frozen_tokenizer(cfg: Config, mesh: Any) -> steplib.Frozen | None:
   return steplib.Frozen(graphdef, state)
 
 
+def _finished(workdir: Path, steps: int) -> dict[str, float] | None:
+  """The last logged metrics if the run already has its final checkpoint."""
+  if not (workdir / "checkpoints" / str(steps)).is_dir():
+    return None
+  last = {}
+  metrics_file = workdir / "metrics.jsonl"
+  if metrics_file.exists():
+    for line in metrics_file.read_text().splitlines():
+      last = json.loads(line)
+  return {k: v for k, v in last.items() if k not in ("step", "stage", "time")}
+
+
 def _log_model(state: Any, mesh: Any, stage: str) -> None:
   model = state["model"]
   log.info("%s: %s parameters", stage, f"{build.count_params(model):,}")
@@ -135,8 +148,13 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
   data_root = _check_data(cfg)
   mesh = meshlib.make_mesh(cfg.mesh)
   per_process_batch = meshlib.check_batch(cfg.train.batch_size, mesh)
-  frozen = _frozen_tokenizer(cfg, mesh)
   stage, t = cfg.train.stage, cfg.train
+  finished = _finished(workdir, t.steps) if resume else None
+  if finished is not None:
+    log.info("%s already finished %d steps; nothing to do", workdir, t.steps)
+    return {"stage": stage, "steps": t.steps, "metrics": finished,
+            "seconds": time.perf_counter() - t0}
+  frozen = _frozen_tokenizer(cfg, mesh)
 
   compiled = steplib.compile_step(cfg, stage, mesh, frozen)
   log.info("compiled %s step in %.1fs (%s)", stage, time.perf_counter() - t0,
@@ -156,8 +174,6 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
     if jax.process_index() == 0:
       configlib.save(cfg, workdir / "config.json")
   _log_model(state, mesh, stage)
-  if start >= t.steps:
-    log.info("%s is already at step %d of %d", workdir, start, t.steps)
 
   logger = metrics.MetricLogger(workdir, stage, t.steps, start)
   frozen_state = frozen.state if frozen is not None else None

@@ -37,16 +37,15 @@ def psnr_from_mse(mse: jax.Array) -> jax.Array:
 
 
 def tokenizer_objective(cfg: Config) -> Objective:
-  """Pixel MSE of the reconstruction plus the VQ codebook/commitment loss."""
-  commitment = cfg.tokenizer.commitment_weight
+  """Pixel MSE of the reconstruction (FSQ needs no codebook losses)."""
+  del cfg
 
   def loss(model, batch, rng):
     del rng
     frames_BTHWC = to_unit_float(batch["frames"])
-    recon_BTHWC, _, aux = model(frames_BTHWC, commitment)
+    recon_BTHWC, _, aux = model(frames_BTHWC)
     mse = jnp.mean((recon_BTHWC - frames_BTHWC) ** 2)
-    return mse + aux["vq_loss"], {"mse": mse, "psnr": psnr_from_mse(mse),
-                                  **aux}
+    return mse, {"mse": mse, "psnr": psnr_from_mse(mse), **aux}
 
   return Objective(loss)
 

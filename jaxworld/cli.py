@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 def _split_overrides(args: argparse.Namespace) -> None:
   """argparse puts `key=value` into `config` when CONFIG is optional."""
   if getattr(args, "config", None) and "=" in args.config:
+    if args.command == "train":
+      args.config = None  # reported in _run: train needs a config
+      return
     args.overrides = [args.config, *args.overrides]
     args.config = {"generate": "tokenizer"}.get(
         getattr(args, "data_command", ""), None)
@@ -95,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, configlib) -> int:
   from jaxworld import demo
+  from jaxworld.errors import JaxWorldError
   if args.command == "demo":
     summary = demo.run(args.workdir, args.overrides)
     return 0 if summary["passed"] else 1
@@ -115,6 +119,10 @@ def _run(args: argparse.Namespace, configlib) -> int:
     return 0
   if args.command == "train":
     from jaxworld.train import loop
+    if args.config is None:
+      raise JaxWorldError("`jaxworld train` needs a CONFIG before the "
+                          "overrides, e.g. `jaxworld train tokenizer "
+                          "train.steps=100 --workdir runs/tok`.")
     cfg = configlib.load(demo.resolve_config(args.config), args.overrides)
     loop.train(cfg, args.workdir, args.resume)
     return 0

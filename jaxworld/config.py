@@ -1,10 +1,10 @@
 """Typed, frozen experiment config: TOML file + dotted overrides, validated.
 
 A config is a tree of frozen dataclasses. Each field carries a one-line
-description in its metadata (`doc`), shown by `jaxworld config --help-fields`.
+description in its metadata (`doc`), shown by `jaxworld config --fields`.
 Files are TOML (data, never code: nothing is executed to load a config); any
 field may be overridden from the command line as `section.field=value`, where
-the value is parsed as a TOML value (`train.steps=100`, `model.dtype="bfloat16"`,
+the value is parsed as a TOML value (`train.steps=100`, `dynamics.backbone.dtype="bfloat16"`,
 `mesh.rules=[["embed","fsdp"]]`). Unknown keys and wrong types are rejected
 at load with the fix.
 """
@@ -53,8 +53,8 @@ class WorldConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Episode records on disk and the Grain pipeline that reads them."""
-  path: str = field("", "Dataset directory (train/ and eval/ shards); "
-                    "empty means <workdir>/../data as the demo lays it out.")
+  path: str = field("", "Dataset directory made by `jaxworld data "
+                    "generate` (train/ and eval/ shards); the demo sets it.")
   num_train_episodes: int = field(1024, "Episodes `data generate` writes to train/.")
   num_eval_episodes: int = field(64, "Held-out episodes `data generate` writes to eval/.")
   episode_length: int = field(64, "Frames per generated episode.")
@@ -62,7 +62,7 @@ class DataConfig:
   seed: int = field(0, "World seed for `data generate` (eval uses seed + 1).")
   window: int = field(8, "Frames per training window (random crop of an episode).")
   shuffle_seed: int = field(0, "Seed of the Grain shuffle and window crops.")
-  num_workers: int = field(0, "Grain worker processes (0 decodes in the main process).")
+  num_workers: int = field(0, "Grain worker processes (0: decode in threads of the trainer process).")
   prefetch: int = field(2, "Batches the loader keeps ready ahead of the step.")
 
 
@@ -99,8 +99,9 @@ class BackboneConfig:
   mlp_ratio: int = field(4, "MLP hidden width = mlp_ratio * width.")
   remat: str = field("none", "Rematerialisation of each block: none, full, "
                      "save_dots.")
-  dtype: str = field("float32", "Compute dtype (float32 or bfloat16); params "
-                     "stay float32.")
+  dtype: str = field("auto", "Compute dtype: auto (bfloat16 on GPU/TPU, "
+                     "float32 on CPU), float32 or bfloat16; params stay "
+                     "float32.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,9 @@ class DynamicsConfig:
   """MaskGIT dynamics over tokenizer tokens, conditioned on real actions."""
   tokenizer_workdir: str = field("", "Run directory of the trained tokenizer "
                                  "whose tokens this model predicts.")
+  tokenizer_step: int = field(0, "Checkpoint step of the tokenizer to use; "
+                              "0 takes its latest when the run starts and "
+                              "pins it in the run's config.json.")
   num_actions: int = field(5, "Size of the discrete action set A.")
   target_frame_prob: float = field(
       0.5, "Chance that a frame (after the first) is a training target; the "
@@ -309,6 +313,27 @@ def validate(cfg: Config) -> None:
   w, d, t = cfg.world, cfg.data, cfg.train
   check(t.stage in ("tokenizer", "dynamics"),
         f"train.stage={t.stage!r}: use \"tokenizer\" or \"dynamics\".")
+  positive = {
+      "world.image_size": w.image_size, "tokenizer.patch_size":
+      cfg.tokenizer.patch_size, "data.num_shards": d.num_shards,
+      "data.num_train_episodes": d.num_train_episodes,
+      "data.num_eval_episodes": d.num_eval_episodes,
+      "data.episode_length": d.episode_length, "data.prefetch": d.prefetch,
+      "train.keep_checkpoints": t.keep_checkpoints,
+      "rollout.horizon": cfg.rollout.horizon,
+      "rollout.num_episodes": cfg.rollout.num_episodes,
+      "rollout.maskgit_steps": cfg.rollout.maskgit_steps,
+      "dynamics.num_actions": cfg.dynamics.num_actions,
+      "train.learning_rate": t.learning_rate}
+  for key, value in positive.items():
+    check(value > 0, f"{key}={value} must be positive.")
+  check(d.num_workers >= 0 and t.warmup_steps >= 0 and
+        cfg.rollout.temperature >= 0 and cfg.dynamics.tokenizer_step >= 0,
+        "data.num_workers, train.warmup_steps, rollout.temperature and "
+        "dynamics.tokenizer_step must be >= 0.")
+  check(t.stage != "dynamics" or d.window >= 2,
+        f"data.window={d.window}: the dynamics stage predicts frames from "
+        f"earlier ones and needs a window of at least 2.")
   p = cfg.tokenizer.patch_size
   check(len(cfg.tokenizer.fsq_levels) >= 1 and all(
       isinstance(v, int) and v >= 2 for v in cfg.tokenizer.fsq_levels),
@@ -329,13 +354,16 @@ def validate(cfg: Config) -> None:
   for name, b in (("tokenizer.encoder", cfg.tokenizer.encoder),
                   ("tokenizer.decoder", cfg.tokenizer.decoder),
                   ("dynamics.backbone", cfg.dynamics.backbone)):
+    check(b.width > 0 and b.depth > 0 and b.num_heads > 0 and
+          b.mlp_ratio > 0, f"{name}: width, depth, num_heads and mlp_ratio "
+          f"must be positive.")
     check(b.width % b.num_heads == 0,
           f"{name}.width={b.width} is not divisible by {name}.num_heads="
           f"{b.num_heads}.")
     check(b.remat in ("none", "full", "save_dots"),
           f"{name}.remat={b.remat!r}: use none, full or save_dots.")
-    check(b.dtype in ("float32", "bfloat16"),
-          f"{name}.dtype={b.dtype!r}: use float32 or bfloat16.")
+    check(b.dtype in ("auto", "float32", "bfloat16"),
+          f"{name}.dtype={b.dtype!r}: use auto, float32 or bfloat16.")
   check(t.steps > 0 and t.batch_size > 0 and t.log_every > 0 and
         t.checkpoint_every > 0, "train.steps, train.batch_size, "
         "train.log_every and train.checkpoint_every must be positive.")

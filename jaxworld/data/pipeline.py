@@ -78,7 +78,11 @@ def train_dataset(cfg: DataConfig, root: str | Path, batch_size: int,
     raise JaxWorldError(f"The train split has {len(ds)} episodes, fewer than "
                         f"the {process_count} processes reading it.")
   ds = ds[process_index::process_count]
-  ds = (ds.seed(cfg.shuffle_seed).shuffle().repeat(None)
+  # Each process its own seed, so processes do not crop their windows at the
+  # same offsets in lockstep.
+  seed = int(np.random.SeedSequence([cfg.shuffle_seed, process_index])
+             .generate_state(1)[0])
+  ds = (ds.seed(seed).shuffle().repeat(None)
         .random_map(RandomWindow(cfg.window))
         .batch(batch_size, drop_remainder=True))
   read = grain.ReadOptions(num_threads=max(1, cfg.num_workers or 2),

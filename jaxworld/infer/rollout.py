@@ -10,7 +10,6 @@ model on these tokens can do).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from pathlib import Path
@@ -23,6 +22,7 @@ from flax import nnx
 
 from jaxworld.config import Config, MeshConfig
 from jaxworld.data import pipeline
+from jaxworld.errors import JaxWorldError
 from jaxworld.eval import metrics
 from jaxworld.infer import media, sampler
 from jaxworld.models import build
@@ -32,36 +32,34 @@ from jaxworld.train import checkpoint
 log = logging.getLogger(__name__)
 
 
-def _restore(cfg: Config, stage: str, workdir: str | Path) -> nnx.Module:
+def _restore(cfg: Config, stage: str, workdir: str | Path, step: int
+             ) -> nnx.Module:
   """A trained model, on one device (rollouts are small)."""
   graphdef, abstract = nnx.split(nnx.eval_shape(
       lambda: build.for_stage(cfg, stage, 0)))
   mesh = meshlib.make_mesh(MeshConfig(data=1), jax.devices()[:1])
   shardings = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
-  state, step = checkpoint.restore_model(workdir, abstract, shardings)
+  state = checkpoint.restore_model(workdir, abstract, shardings, step)
   log.info("loaded %s from %s (step %d)", stage, workdir, step)
   return nnx.merge(graphdef, state)
 
 
 def load_world_model(workdir: str | Path
                      ) -> tuple[Config, nnx.Module, nnx.Module]:
-  """(config, dynamics, tokenizer) of a dynamics run."""
+  """(config, dynamics, tokenizer) of a dynamics run, at its latest step
+  and the tokenizer step it was trained on."""
   cfg = checkpoint.read_config(workdir)
-  dynamics = _restore(cfg, "dynamics", workdir)
-  tokenizer = _restore(cfg, "tokenizer", cfg.dynamics.tokenizer_workdir)
+  if cfg.train.stage != "dynamics":
+    raise JaxWorldError(
+        f"{workdir} is a {cfg.train.stage} run; rollout needs a dynamics run "
+        f"(`jaxworld train dynamics ... --workdir DIR`).")
+  steps = checkpoint.saved_steps(workdir)
+  if not steps:
+    raise JaxWorldError(f"{workdir} has no checkpoint yet; train it first.")
+  dynamics = _restore(cfg, "dynamics", workdir, steps[-1])
+  tokenizer = _restore(cfg, "tokenizer", cfg.dynamics.tokenizer_workdir,
+                       cfg.dynamics.tokenizer_step)
   return cfg, dynamics, tokenizer
-
-
-@functools.partial(nnx.jit, static_argnames=("window",))
-def encode_frames(tokenizer: nnx.Module, frames_BTHWC: jax.Array,
-                  window: int) -> jax.Array:
-  """Tokens of each frame given up to `window` frames of history."""
-  frames_BTHWC = frames_BTHWC.astype(jnp.float32) / 255.0
-  tokens = []
-  for i in range(frames_BTHWC.shape[1]):
-    lo = max(0, i + 1 - window)
-    tokens.append(tokenizer.encode(frames_BTHWC[:, lo:i + 1])[:, -1])
-  return jnp.stack(tokens, 1)
 
 
 def rollout(cfg: Config, dynamics: nnx.Module, tokenizer: nnx.Module,
@@ -71,7 +69,8 @@ def rollout(cfg: Config, dynamics: nnx.Module, tokenizer: nnx.Module,
   r, window = cfg.rollout, cfg.data.window
   c, h = r.context_frames, r.horizon
   frames_ETHWC = frames_ETHWC[:, :c + h]
-  tokens_ETN = encode_frames(tokenizer, jnp.asarray(frames_ETHWC), window)
+  tokens_ETN = sampler.encode_frames(tokenizer, jnp.asarray(frames_ETHWC),
+                                     window)
   imagined_ETN = sampler.rollout_tokens(
       dynamics, tokens_ETN[:, :c], jnp.asarray(actions_ET[:, :c + h]), h,
       window, jax.random.key(r.seed), r.temperature, r.maskgit_steps)

@@ -82,10 +82,22 @@ def rollout_tokens(model: MaskGITDynamics, context_BTN: jax.Array,
 
 
 @functools.partial(nnx.jit, static_argnames=("window",))
+def encode_frames(tokenizer: VideoTokenizer, frames_BTHWC: jax.Array,
+                  window: int) -> jax.Array:
+  """uint8 frames -> tokens, each frame with up to `window` frames of history
+  (the encoder is causal and was trained on windows of that length)."""
+  frames_BTHWC = frames_BTHWC.astype(jnp.float32) / 255.0
+  tokens = []
+  for i in range(frames_BTHWC.shape[1]):
+    lo = max(0, i + 1 - window)
+    tokens.append(tokenizer.encode(frames_BTHWC[:, lo:i + 1])[:, -1])
+  return jnp.stack(tokens, 1)
+
+
+@functools.partial(nnx.jit, static_argnames=("window",))
 def decode_frames(tokenizer: VideoTokenizer, tokens_BTN: jax.Array,
                   window: int) -> jax.Array:
-  """Decodes any number of frames, each with up to `window` frames of history
-  (the decoder is causal and was trained on windows of that length)."""
+  """Tokens -> float frames in [0, 1], windowed like `encode_frames`."""
   t = tokens_BTN.shape[1]
   frames = []
   for i in range(t):

@@ -14,7 +14,11 @@ from jaxworld.models.tokenizer import VideoTokenizer
 
 
 def _backbone(b: BackboneConfig) -> dict:
-  return dataclasses.asdict(b)
+  kwargs = dataclasses.asdict(b)
+  if kwargs["dtype"] == "auto":
+    # bf16 matmuls on accelerators; CPUs have no fast bf16 path.
+    kwargs["dtype"] = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  return kwargs
 
 
 def num_tokens(cfg: Config) -> int:

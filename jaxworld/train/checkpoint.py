@@ -15,6 +15,7 @@ shardings of the current mesh, which may differ from the one that saved it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,12 @@ class Checkpoints:
               shardings: nnx.State, data_iterator: Any) -> nnx.State:
     """Restores state (into `shardings`) and the data iterator, in place."""
     target = _abstract(abstract_state, shardings)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=_restore_args(target, nnx.to_pure_dict(shardings))),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    with _named_errors(self.directory.parent, step):
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              item=target,
+              restore_args=_restore_args(target, nnx.to_pure_dict(shardings))),
+          data=grain.checkpoint.CheckpointRestore(data_iterator)))
     state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy
     nnx.replace_by_pure_dict(state, restored["state"])
     return state
@@ -83,18 +85,30 @@ class Checkpoints:
     self.manager.close()
 
 
+def _read_only_manager(workdir: str | Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      Path(workdir).absolute() / "checkpoints",
+      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+
+
+def saved_steps(workdir: str | Path) -> list[int]:
+  """Steps with a complete checkpoint in a run directory (oldest first)."""
+  if not (Path(workdir) / "checkpoints").is_dir():
+    return []
+  with _read_only_manager(workdir) as manager:
+    return sorted(manager.all_steps())
+
+
 def restore_model(workdir: str | Path, abstract_model: nnx.State,
-                  shardings: nnx.State, step: int | None = None
-                  ) -> tuple[nnx.State, int]:
+                  shardings: nnx.State, step: int) -> nnx.State:
   """Only the model parameters of a run's checkpoint (no optimizer state)."""
-  directory = Path(workdir).absolute() / "checkpoints"
-  with ocp.CheckpointManager(directory) as manager:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise JaxWorldError(
-          f"No checkpoint in {directory}. Train that run first (`jaxworld "
-          f"train ... --workdir {workdir}`) or point at a run that has one.")
-    target = {"model": _abstract(abstract_model, shardings)}
+  steps = saved_steps(workdir)
+  if step not in steps:
+    raise JaxWorldError(
+        f"{workdir} has no checkpoint at step {step} (it has "
+        f"{steps or 'none'}). Train that run first, or pick a kept step.")
+  target = {"model": _abstract(abstract_model, shardings)}
+  with _read_only_manager(workdir) as manager, _named_errors(workdir, step):
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item=target,
@@ -103,7 +117,20 @@ def restore_model(workdir: str | Path, abstract_model: nnx.State,
             partial_restore=True)))
   state = jax.tree.map(lambda x: x, abstract_model)
   nnx.replace_by_pure_dict(state, restored["state"]["model"])
-  return state, step
+  return state
+
+
+@contextlib.contextmanager
+def _named_errors(workdir: str | Path, step: int):
+  """A damaged or mismatched checkpoint becomes one clear error."""
+  try:
+    yield
+  except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+    raise JaxWorldError(
+        f"Cannot restore step {step} of {workdir}: {type(e).__name__}: "
+        f"{str(e)[:300]}. The checkpoint is damaged or was written by a "
+        f"different model config; delete that step directory to fall back "
+        f"to an earlier one, or start a new --workdir.") from e
 
 
 def read_config(workdir: str | Path) -> configlib.Config:

@@ -7,6 +7,7 @@ fails in seconds with the fix and leaves an existing run untouched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Any
 
 import jax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jaxworld import config as configlib
 from jaxworld.config import Config
@@ -29,9 +31,11 @@ from jaxworld.train import checkpoint, metrics, step as steplib
 log = logging.getLogger(__name__)
 
 # Keys that may change when a run is resumed (e.g. to train it for longer).
+# train.steps may grow: the learning-rate schedule is then stretched to the
+# new length from the resumed step on. data.num_workers may not change: the
+# iterator state of worker processes is per worker.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "data.num_workers",
-                     "data.prefetch", "data.path")
+                     "train.keep_checkpoints", "data.prefetch", "data.path")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,39 +91,67 @@ def _check_data(cfg: Config) -> Path:
   return root
 
 
-def _with_tokenizer_config(cfg: Config) -> Config:
-  """The dynamics stage takes its tokenizer section from the tokenizer run."""
+def _with_tokenizer_config(cfg: Config, workdir: Path, resume: bool
+                           ) -> Config:
+  """The dynamics stage reads a trained tokenizer: take its config section,
+  check it fits this run, and pin the tokenizer checkpoint step."""
   if cfg.train.stage != "dynamics":
     return cfg
-  workdir = cfg.dynamics.tokenizer_workdir
-  if not workdir:
+  tok_dir = cfg.dynamics.tokenizer_workdir
+  if not tok_dir:
     raise JaxWorldError("The dynamics stage needs a trained tokenizer: set "
                         "dynamics.tokenizer_workdir=<tokenizer run workdir>.")
-  tok_cfg = checkpoint.read_config(workdir)
-  if tok_cfg.tokenizer != cfg.tokenizer:
-    log.info("using the tokenizer section of %s (the trained tokenizer)",
-             workdir)
-  return dataclasses.replace(cfg, tokenizer=tok_cfg.tokenizer)
+  tok_cfg = checkpoint.read_config(tok_dir)
+  for key, mine, theirs in (
+      ("data.window", cfg.data.window, tok_cfg.data.window),
+      ("world.image_size", cfg.world.image_size, tok_cfg.world.image_size)):
+    if mine != theirs:
+      raise JaxWorldError(
+          f"The tokenizer in {tok_dir} was trained with {key}={theirs}, but "
+          f"this run has {key}={mine}. Use {key}={theirs}, or train a "
+          f"tokenizer for this setting.")
+  step = cfg.dynamics.tokenizer_step
+  saved = workdir / "config.json"
+  if step == 0 and resume and saved.exists():
+    step = configlib.load(saved).dynamics.tokenizer_step  # stay pinned
+  if step == 0:
+    steps = checkpoint.saved_steps(tok_dir)
+    if not steps:
+      raise JaxWorldError(f"The tokenizer run {tok_dir} has no checkpoint "
+                          f"yet; train it first.")
+    step = steps[-1]
+  return dataclasses.replace(
+      cfg, tokenizer=tok_cfg.tokenizer,
+      dynamics=dataclasses.replace(cfg.dynamics, tokenizer_step=step))
 
 
 def _frozen_tokenizer(cfg: Config, mesh: Any) -> steplib.Frozen | None:
   """For the dynamics stage: the trained tokenizer, sharded over `mesh`."""
   if cfg.train.stage != "dynamics":
     return None
-  workdir = cfg.dynamics.tokenizer_workdir
+  d = cfg.dynamics
   graphdef, abstract = nnx.split(nnx.eval_shape(
       lambda: build.tokenizer(cfg, nnx.Rngs(0))))
   shardings = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
-  state, step = checkpoint.restore_model(workdir, abstract, shardings)
-  log.info("loaded tokenizer from %s (step %d)", workdir, step)
+  state = checkpoint.restore_model(d.tokenizer_workdir, abstract, shardings,
+                                   d.tokenizer_step)
+  log.info("loaded tokenizer from %s (step %d)", d.tokenizer_workdir,
+           d.tokenizer_step)
   return steplib.Frozen(graphdef, state)
 
 
-def _finished(workdir: Path, steps: int) -> dict[str, float] | None:
-  """The last logged metrics if the run already has its final checkpoint."""
-  if not (workdir / "checkpoints" / str(steps)).is_dir():
-    return None
-  last = {}
+def _resume_step(workdir: Path, steps: int, resume: bool) -> int | None:
+  """The checkpoint step to resume from (None: start fresh)."""
+  saved = checkpoint.saved_steps(workdir) if resume else []
+  if saved and saved[-1] > steps:
+    raise JaxWorldError(
+        f"{workdir} is already at step {saved[-1]}, past train.steps={steps}."
+        f" Raise train.steps to continue it.")
+  return saved[-1] if saved else None
+
+
+def _last_logged(workdir: Path) -> dict[str, float]:
+  last: dict[str, Any] = {}
   metrics_file = workdir / "metrics.jsonl"
   if metrics_file.exists():
     for line in metrics_file.read_text().splitlines():
@@ -143,63 +175,77 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
   meshlib.maybe_initialize_distributed()
   workdir = Path(workdir)
   # ---- checks: nothing is written or compiled until these pass.
-  cfg = _with_tokenizer_config(cfg)
+  cfg = _with_tokenizer_config(cfg, workdir, resume)
   _check_workdir(cfg, workdir, resume)
   data_root = _check_data(cfg)
   mesh = meshlib.make_mesh(cfg.mesh)
   per_process_batch = meshlib.check_batch(cfg.train.batch_size, mesh)
   stage, t = cfg.train.stage, cfg.train
-  finished = _finished(workdir, t.steps) if resume else None
-  if finished is not None:
+  start = _resume_step(workdir, t.steps, resume)
+  if start == t.steps:
     log.info("%s already finished %d steps; nothing to do", workdir, t.steps)
-    return {"stage": stage, "steps": t.steps, "metrics": finished,
+    return {"stage": stage, "steps": t.steps, "metrics": _last_logged(workdir),
             "seconds": time.perf_counter() - t0}
-  frozen = _frozen_tokenizer(cfg, mesh)
+  if jax.process_count() > 1:
+    # Every process has checked the workdir before any process writes to it.
+    multihost_utils.sync_global_devices("jaxworld: inputs checked")
 
+  frozen = _frozen_tokenizer(cfg, mesh)
   compiled = steplib.compile_step(cfg, stage, mesh, frozen)
   log.info("compiled %s step in %.1fs (%s)", stage, time.perf_counter() - t0,
            compiled.memory)
-  data = iter(pipeline.train_dataset(cfg.data, data_root, per_process_batch,
-                                     jax.process_index(), jax.process_count()))
-  workdir.mkdir(parents=True, exist_ok=True)
-  ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints)
-  start = ckpts.latest_step() if resume else None
-  if start is not None:
-    _, abstract = steplib.abstract_state(cfg, stage)
-    state = ckpts.restore(start, abstract, compiled.state_shardings, data)
-    log.info("resumed %s from step %d", workdir, start)
-  else:
-    start = 0
-    state = compiled.init()
-    if jax.process_index() == 0:
-      configlib.save(cfg, workdir / "config.json")
-  _log_model(state, mesh, stage)
-
-  logger = metrics.MetricLogger(workdir, stage, t.steps, start)
-  frozen_state = frozen.state if frozen is not None else None
-  last: dict[str, float] = {}
-  try:
-    for i in range(start, t.steps):
-      batch = steplib.device_batch(next(data), compiled.batch_shardings)
-      state, step_metrics = compiled.step(state, frozen_state, batch)
-      done = i + 1
-      if i == start:
-        jax.block_until_ready(step_metrics)
-        logger.start_clock(done)
-      if done % t.log_every == 0 or done == t.steps:
-        last = logger.write(done, step_metrics)
-        if not math.isfinite(last["loss"]):
-          raise JaxWorldError(
-              f"The {stage} loss became {last['loss']} at step {done}. Lower "
-              f"train.learning_rate (now {t.learning_rate}) or "
-              f"train.grad_clip, or raise train.warmup_steps.")
-      if done % t.checkpoint_every == 0 or done == t.steps:
-        ckpts.save(done, state, data, cfg)
-  finally:
-    ckpts.wait()
-    ckpts.close()
-    logger.close()
-    if hasattr(data, "close"):
-      data.close()
+  with contextlib.ExitStack() as stack:
+    data = iter(pipeline.train_dataset(
+        cfg.data, data_root, per_process_batch, jax.process_index(),
+        jax.process_count()))
+    if hasattr(data, "close"):  # worker processes
+      stack.callback(data.close)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints)
+    stack.callback(ckpts.close)
+    stack.callback(ckpts.wait)  # runs first: finish pending saves
+    if start is not None:
+      _, abstract = steplib.abstract_state(cfg, stage)
+      state = ckpts.restore(start, abstract, compiled.state_shardings, data)
+      log.info("resumed %s from step %d", workdir, start)
+    else:
+      start = 0
+      state = compiled.init()
+      if jax.process_index() == 0:
+        configlib.save(cfg, workdir / "config.json")
+    _log_model(state, mesh, stage)
+    logger = metrics.MetricLogger(workdir, stage, t.steps, start)
+    stack.callback(logger.close)
+    last = _run_steps(cfg, compiled, state, frozen, data, ckpts, logger, start)
   return {"stage": stage, "steps": t.steps, "metrics": last,
           "seconds": time.perf_counter() - t0}
+
+
+def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
+               frozen: steplib.Frozen | None, data: Any,
+               ckpts: checkpoint.Checkpoints, logger: metrics.MetricLogger,
+               start: int) -> dict[str, float]:
+  t = cfg.train
+  frozen_state = frozen.state if frozen is not None else None
+  last: dict[str, float] = {}
+  for i in range(start, t.steps):
+    batch = steplib.device_batch(next(data), compiled.batch_shardings)
+    state, step_metrics = compiled.step(state, frozen_state, batch)
+    done = i + 1
+    if i == start:
+      jax.block_until_ready(step_metrics)
+      logger.start_clock(done)
+    log_now = done % t.log_every == 0 or done == t.steps
+    save_now = done % t.checkpoint_every == 0 or done == t.steps
+    if log_now:
+      last = logger.write(done, step_metrics)
+    if log_now or save_now:  # never checkpoint a diverged state
+      loss = float(step_metrics["loss"])
+      if not math.isfinite(loss):
+        raise JaxWorldError(
+            f"The {t.stage} loss became {loss} at step {done}. Lower "
+            f"train.learning_rate (now {t.learning_rate}) or train.grad_clip,"
+            f" or raise train.warmup_steps.")
+    if save_now:
+      ckpts.save(done, state, data, cfg)
+  return last

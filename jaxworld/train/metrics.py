@@ -38,7 +38,14 @@ class MetricLogger:
     self._jsonl = self._tb = None
     if self.enabled:
       workdir = Path(workdir)
-      self._jsonl = (workdir / "metrics.jsonl").open("a")
+      path = workdir / "metrics.jsonl"
+      # A resumed run repeats the steps after its checkpoint: drop their old
+      # records so every step appears once.
+      kept = [line for line in (path.read_text().splitlines()
+                                if path.exists() else [])
+              if json.loads(line)["step"] <= start_step]
+      path.write_text("".join(line + "\n" for line in kept))
+      self._jsonl = path.open("a")
       from tensorboardX import SummaryWriter  # optional heavy import, lazily
       self._tb = SummaryWriter(str(workdir / "tb"))
 

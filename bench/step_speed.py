@@ -10,6 +10,7 @@ try sharded layouts on a CPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -33,6 +34,9 @@ def main() -> None:
   mesh = meshlib.make_mesh(cfg.mesh)
   frozen = None
   if cfg.train.stage == "dynamics":  # a random tokenizer costs the same
+    # As in training, the tokenizer section comes from the tokenizer config.
+    tok = configlib.load(resolve_config("tokenizer")).tokenizer
+    cfg = dataclasses.replace(cfg, tokenizer=tok)
     graphdef, state = nnx.split(build.tokenizer(cfg, nnx.Rngs(0)))
     frozen = steplib.Frozen(graphdef, state)
   t0 = time.perf_counter()

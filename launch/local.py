@@ -18,6 +18,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 
 def _free_port() -> int:
@@ -43,11 +44,22 @@ def main() -> int:
     env = dict(os.environ, JAX_COORDINATOR_ADDRESS=address,
                JAX_NUM_PROCESSES=str(args.processes), JAX_PROCESS_ID=str(i),
                JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count="
-               f"{args.devices_per_process}")
+               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                          f" --xla_force_host_platform_device_count="
+                          f"{args.devices_per_process}").strip())
     procs.append(subprocess.Popen(command, env=env))
-  codes = [proc.wait() for proc in procs]
-  return max(codes, key=abs)
+  # If one process fails the others would wait in collectives forever:
+  # stop them all on the first failure.
+  while True:
+    codes = [proc.poll() for proc in procs]
+    failed = [c for c in codes if c not in (None, 0)]
+    if failed or all(c == 0 for c in codes):
+      break
+    time.sleep(0.2)
+  for proc in procs:
+    if proc.poll() is None:
+      proc.terminate()
+  return failed[0] if failed else 0
 
 
 if __name__ == "__main__":

@@ -153,7 +153,27 @@ def check_batch(global_batch: int, mesh: Mesh) -> int:
     raise JaxWorldError(
         f"train.batch_size={global_batch} is not divisible by the "
         f"{jax.process_count()} processes.")
+  _check_rows_per_process(global_batch, mesh)
   return global_batch // jax.process_count()
+
+
+def _check_rows_per_process(global_batch: int, mesh: Mesh) -> None:
+  """Each process loads its own episodes, so no batch row may live on
+  devices of two processes (that needs identical data on both)."""
+  if jax.process_count() == 1:
+    return
+  index_map = batch_sharding(mesh, 1).devices_indices_map((global_batch,))
+  rows: dict[int, set[tuple[int, int]]] = {}
+  for device, (rows_slice,) in index_map.items():
+    rows.setdefault(device.process_index, set()).add(
+        rows_slice.indices(global_batch)[:2])
+  all_rows = [r for per_process in rows.values() for r in per_process]
+  if len(set(all_rows)) != len(all_rows):
+    raise JaxWorldError(
+        f"The mesh {dict(mesh.shape)} spreads the same batch rows over "
+        f"several processes (a tensor-parallel group spans hosts). Keep "
+        f"mesh.tensor within one host's {jax.local_device_count()} devices "
+        f"and let data/fsdp span hosts.")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -130,5 +130,7 @@ def _memory_summary(compiled: Any) -> str:
 def device_batch(batch: dict[str, np.ndarray], shardings: dict[str, Any]
                  ) -> dict[str, jax.Array]:
   """This process's numpy batch -> global arrays sharded over the mesh."""
-  return {k: jax.make_array_from_process_local_data(shardings[k], v)
+  n = jax.process_count()
+  return {k: jax.make_array_from_process_local_data(
+      shardings[k], v, (v.shape[0] * n, *v.shape[1:]))
           for k, v in batch.items()}

@@ -23,7 +23,6 @@ from jaxworld.parallel import axes
 log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # the batch is split over these
 
 
 def maybe_initialize_distributed() -> None:
@@ -131,38 +130,46 @@ def param_shardings(abstract_state: Any, mesh: Mesh,
                       is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-  """Leading (batch) dimension split over data and fsdp, the rest whole."""
-  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int, rules: Sequence[Sequence[Any]]
+                   ) -> NamedSharding:
+  """Leading dimension split as the `batch` rule says (by default over data
+  and fsdp), the rest whole."""
+  spec = logical_to_mesh_spec((axes.BATCH,), rules_dict(rules))
+  return NamedSharding(mesh, P(*spec, *([None] * (ndim - 1))))
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-  return mesh.shape["data"] * mesh.shape["fsdp"]
-
-
-def check_batch(global_batch: int, mesh: Mesh) -> int:
+def check_batch(global_batch: int, mesh: Mesh,
+                rules: Sequence[Sequence[Any]]) -> int:
   """Checks the batch splits over devices and processes; returns per-process."""
-  dp = data_parallel_size(mesh)
+  dp = int(np.prod([mesh.shape[a] for a in _batch_mesh_axes(rules)]))
   if global_batch % dp:
     good = max(dp, (global_batch // dp) * dp)
     raise JaxWorldError(
         f"train.batch_size={global_batch} is not divisible by the "
-        f"data-parallel size data*fsdp={dp} of the mesh {dict(mesh.shape)}. "
-        f"Use train.batch_size={good} (a multiple of {dp}) or change the mesh.")
+        f"data-parallel size {dp} (mesh axes {_batch_mesh_axes(rules)} of "
+        f"{dict(mesh.shape)}). Use train.batch_size={good} (a multiple of "
+        f"{dp}) or change the mesh.")
   if global_batch % jax.process_count():
     raise JaxWorldError(
         f"train.batch_size={global_batch} is not divisible by the "
         f"{jax.process_count()} processes.")
-  _check_rows_per_process(global_batch, mesh)
+  _check_rows_per_process(global_batch, mesh, rules)
   return global_batch // jax.process_count()
 
 
-def _check_rows_per_process(global_batch: int, mesh: Mesh) -> None:
+def _batch_mesh_axes(rules: Sequence[Sequence[Any]]) -> tuple[str, ...]:
+  target = rules_dict(rules).get(axes.BATCH)
+  return (target,) if isinstance(target, str) else tuple(target or ())
+
+
+def _check_rows_per_process(global_batch: int, mesh: Mesh,
+                            rules: Sequence[Sequence[Any]]) -> None:
   """Each process loads its own episodes, so no batch row may live on
   devices of two processes (that needs identical data on both)."""
   if jax.process_count() == 1:
     return
-  index_map = batch_sharding(mesh, 1).devices_indices_map((global_batch,))
+  index_map = batch_sharding(mesh, 1, rules).devices_indices_map(
+      (global_batch,))
   rows: dict[int, set[tuple[int, int]]] = {}
   for device, (rows_slice,) in index_map.items():
     rows.setdefault(device.process_index, set()).add(

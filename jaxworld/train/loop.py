@@ -179,7 +179,8 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
   _check_workdir(cfg, workdir, resume)
   data_root = _check_data(cfg)
   mesh = meshlib.make_mesh(cfg.mesh)
-  per_process_batch = meshlib.check_batch(cfg.train.batch_size, mesh)
+  per_process_batch = meshlib.check_batch(cfg.train.batch_size, mesh,
+                                         cfg.mesh.rules)
   stage, t = cfg.train.stage, cfg.train
   start = _resume_step(workdir, t.steps, resume)
   if start == t.steps:

@@ -76,7 +76,8 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
   graphdef, abstract = abstract_state(cfg, stage)
   state_sh = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
   batch = batch_spec(cfg, cfg.train.batch_size)
-  batch_sh = {k: meshlib.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+  batch_sh = {k: meshlib.batch_sharding(mesh, v.ndim, cfg.mesh.rules)
+              for k, v in batch.items()}
   objective = objectives.for_stage(cfg, stage)
   lr = optim.schedule(cfg.train)
   seed = cfg.train.seed

@@ -48,24 +48,42 @@ def test_missing_dataset_says_how_to_make_one(tmp_path):
     records.read_metadata(tmp_path / "nothing")
 
 
-def test_corrupt_shard_is_reported_by_pipeline(tiny_dataset, tmp_path):
+def _damaged_copy(dataset, tmp_path, split, index):
+  """A copy of `dataset` with record `index` of the split's first shard
+  damaged (ArrayRecord's own framing stays valid, so our decoder sees it)."""
   import shutil
-  from jaxworld.data import pipeline
+  from array_record.python.array_record_module import (ArrayRecordReader,
+                                                        ArrayRecordWriter)
   root = tmp_path / "copy"
-  shutil.copytree(tiny_dataset, root)
-  shard = sorted((root / "eval").iterdir())[0]
-  # Rewrite the shard with one damaged record (ArrayRecord's own framing
-  # stays valid, so the damage reaches our decoder).
-  from array_record.python.array_record_module import ArrayRecordReader
+  shutil.copytree(dataset, root)
+  shard = sorted((root / split).iterdir())[0]
   reader = ArrayRecordReader(str(shard))
   recs = [reader.read() for _ in range(reader.num_records())]
   reader.close()
-  recs[1] = recs[1][:-5] + b"xxxxx"
+  recs[index] = recs[index][:-5] + b"xxxxx"
   shard.unlink()
-  from array_record.python.array_record_module import ArrayRecordWriter
-  w = ArrayRecordWriter(str(shard), records.WRITER_OPTIONS)
+  writer = ArrayRecordWriter(str(shard), records.WRITER_OPTIONS)
   for r in recs:
-    w.write(r)
-  w.close()
+    writer.write(r)
+  writer.close()
+  return root, shard
+
+
+def test_corrupt_record_is_reported_by_pipeline(tiny_dataset, tmp_path):
+  from jaxworld.data import pipeline
+  root, shard = _damaged_copy(tiny_dataset, tmp_path, "eval", 1)
   with pytest.raises(records.RecordError, match=f"Record 1 of shard .*{shard.name}"):
     pipeline.load_episodes(root, "eval", 4)
+
+
+def test_corrupt_shard_stops_training_before_compile(tiny_dataset, tmp_path,
+                                                     capsys):
+  from conftest import TINY
+  from jaxworld import cli
+  root, shard = _damaged_copy(tiny_dataset, tmp_path, "train", 0)
+  run = tmp_path / "run"
+  code = cli.main(["train", "tokenizer", *TINY, f"data.path={root}",
+                   "--workdir", str(run)])
+  assert code == 2
+  assert f"Record 0 of shard {shard}" in capsys.readouterr().err
+  assert not run.exists()

@@ -66,6 +66,22 @@ def episode_source(root: str | Path, split: str) -> grain.MapDataset:
   return grain.MapDataset.source(source).map_with_index(_Decode(paths, counts))
 
 
+def check_shards(root: str | Path, split: str) -> None:
+  """Decodes the first record of every shard: a wrong or damaged file is
+  reported before anything is compiled (later records are checked as read)."""
+  for path in records.shard_paths(root, split):
+    source = grain.sources.ArrayRecordDataSource([path])
+    if len(source) == 0:
+      raise records.RecordError(f"Shard {path} holds no records; regenerate "
+                                f"the dataset.")
+    episode = records.decode_episode(source[0], f"Record 0 of shard {path}")
+    missing = {"frames", "actions"} - set(episode)
+    if missing:
+      raise records.RecordError(f"Record 0 of shard {path} has no "
+                                f"{', '.join(sorted(missing))}; regenerate "
+                                f"the dataset.")
+
+
 def train_dataset(cfg: DataConfig, root: str | Path, batch_size: int,
                   process_index: int = 0, process_count: int = 1
                   ) -> grain.IterDataset:

@@ -87,7 +87,7 @@ def _check_data(cfg: Config) -> Path:
     raise JaxWorldError(
         f"The dataset has {meta['num_actions']} actions but "
         f"dynamics.num_actions={cfg.dynamics.num_actions}; raise it.")
-  records.shard_paths(root, "train")
+  pipeline.check_shards(root, "train")
   return root
 
 

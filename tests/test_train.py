@@ -36,8 +36,22 @@ def test_demo_writes_everything(demo_run):
     run = demo_run / stage
     assert sorted(_losses(run)) == [1, 2, 3, 4]
     assert (run / "config.json").exists() and any((run / "tb").iterdir())
+    layout = (run / "shardings.txt").read_text()
+    assert "model/backbone/blocks/mlp/up/kernel" in layout or \
+        "model/encoder/blocks/mlp/up/kernel" in layout
+    assert "('layers', 'embed', 'mlp')" in layout
     assert sorted(p.name for p in (run / "checkpoints").iterdir()
                   if p.name.isdigit()) == ["2", "4"]
+
+
+def test_demo_again_skips_finished_stages(demo_run):
+  before = json.loads((demo_run / "summary.json").read_text())
+  assert cli.main(["demo", "--workdir", str(demo_run), *TINY,
+                   "train.log_every=1"]) in (0, 1)
+  after = json.loads((demo_run / "summary.json").read_text())
+  assert after["psnr_model"] == before["psnr_model"]  # same models, same rollout
+  assert after["stage_seconds"]["tokenizer"] < 5  # nothing compiled or trained
+  assert after["final_train_metrics"] == before["final_train_metrics"]
 
 
 def test_resume_continues_with_identical_losses(demo_run, tmp_path):

@@ -130,6 +130,26 @@ def param_shardings(abstract_state: Any, mesh: Mesh,
                       is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def check_sharded_as_ruled(state: Any, shardings: Any) -> list[str]:
+  """Fails if any array is laid out differently from its rule; returns one
+  line per array (path, shape, dtype, logical names, partition spec)."""
+  lines = []
+  flat_state = dict(nnx.to_flat_state(state))
+  for path, expected in nnx.to_flat_state(shardings):
+    var = flat_state[path]
+    value = var.get_value()
+    name = "/".join(str(p) for p in path)
+    if not value.sharding.is_equivalent_to(expected.get_value(), value.ndim):
+      raise JaxWorldError(
+          f"{name} is laid out as {value.sharding.spec}, not "
+          f"{expected.get_value().spec} as mesh.rules say. This is a bug in "
+          f"how the state was created or restored; please report it.")
+    names = var.get_metadata().get("out_sharding")
+    lines.append(f"{name}  {tuple(value.shape)}  {value.dtype}  {names}  "
+                 f"{expected.get_value().spec}")
+  return lines
+
+
 def batch_sharding(mesh: Mesh, ndim: int, rules: Sequence[Sequence[Any]]
                    ) -> NamedSharding:
   """Leading dimension split as the `batch` rule says (by default over data

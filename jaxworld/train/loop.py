@@ -159,13 +159,20 @@ def _last_logged(workdir: Path) -> dict[str, float]:
   return {k: v for k, v in last.items() if k not in ("step", "stage", "time")}
 
 
-def _log_model(state: Any, mesh: Any, stage: str) -> None:
+def _log_model(state: Any, shardings: Any, mesh: Any, stage: str,
+               workdir: Path) -> None:
+  """Parameter counts to the log; every array's layout, checked against the
+  rules, to <workdir>/shardings.txt."""
   model = state["model"]
   log.info("%s: %s parameters", stage, f"{build.count_params(model):,}")
   for name, count in build.param_table(model):
     log.info("  %-12s %12s", name, f"{count:,}")
-  log.info("mesh %s on %d devices (%d processes)", dict(mesh.shape),
-           mesh.size, jax.process_count())
+  lines = meshlib.check_sharded_as_ruled(state, shardings)
+  if jax.process_index() == 0:
+    (workdir / "shardings.txt").write_text("\n".join(lines) + "\n")
+  log.info("mesh %s on %d devices (%d processes); %d arrays sharded as the "
+           "rules say (%s)", dict(mesh.shape), mesh.size, jax.process_count(),
+           len(lines), workdir / "shardings.txt")
 
 
 def train(cfg: Config, workdir: str | Path, resume: bool = False
@@ -214,7 +221,7 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
       state = compiled.init()
       if jax.process_index() == 0:
         configlib.save(cfg, workdir / "config.json")
-    _log_model(state, mesh, stage)
+    _log_model(state, compiled.state_shardings, mesh, stage, workdir)
     logger = metrics.MetricLogger(workdir, stage, t.steps, start)
     stack.callback(logger.close)
     last = _run_steps(cfg, compiled, state, frozen, data, ckpts, logger, start)
@@ -229,24 +236,27 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
   t = cfg.train
   frozen_state = frozen.state if frozen is not None else None
   last: dict[str, float] = {}
-  for i in range(start, t.steps):
-    batch = steplib.device_batch(next(data), compiled.batch_shardings)
-    state, step_metrics = compiled.step(state, frozen_state, batch)
-    done = i + 1
-    if i == start:
-      jax.block_until_ready(step_metrics)
-      logger.start_clock(done)
-    log_now = done % t.log_every == 0 or done == t.steps
-    save_now = done % t.checkpoint_every == 0 or done == t.steps
-    if log_now:
-      last = logger.write(done, step_metrics)
-    if log_now or save_now:  # never checkpoint a diverged state
-      loss = float(step_metrics["loss"])
-      if not math.isfinite(loss):
-        raise JaxWorldError(
-            f"The {t.stage} loss became {loss} at step {done}. Lower "
-            f"train.learning_rate (now {t.learning_rate}) or train.grad_clip,"
-            f" or raise train.warmup_steps.")
-    if save_now:
-      ckpts.save(done, state, data, cfg)
+  # Host<->device copies in the loop must be explicit (batches in, metrics
+  # out at log steps): a hidden one would stall every step.
+  with jax.transfer_guard("disallow"):
+    for i in range(start, t.steps):
+      batch = steplib.device_batch(next(data), compiled.batch_shardings)
+      state, step_metrics = compiled.step(state, frozen_state, batch)
+      done = i + 1
+      if i == start:
+        jax.block_until_ready(step_metrics)
+        logger.start_clock(done)
+      log_now = done % t.log_every == 0 or done == t.steps
+      save_now = done % t.checkpoint_every == 0 or done == t.steps
+      if log_now:
+        last = logger.write(done, step_metrics)
+      if log_now or save_now:  # never checkpoint a diverged state
+        loss = float(jax.device_get(step_metrics["loss"]))
+        if not math.isfinite(loss):
+          raise JaxWorldError(
+              f"The {t.stage} loss became {loss} at step {done}. Lower "
+              f"train.learning_rate (now {t.learning_rate}) or "
+              f"train.grad_clip, or raise train.warmup_steps.")
+      if save_now:
+        ckpts.save(done, state, data, cfg)
   return last

@@ -132,6 +132,9 @@ def device_batch(batch: dict[str, np.ndarray], shardings: dict[str, Any]
                  ) -> dict[str, jax.Array]:
   """This process's numpy batch -> global arrays sharded over the mesh."""
   n = jax.process_count()
-  return {k: jax.make_array_from_process_local_data(
-      shardings[k], v, (v.shape[0] * n, *v.shape[1:]))
-          for k, v in batch.items()}
+  # The one intended host-to-device copy of the loop (which otherwise runs
+  # under a transfer guard).
+  with jax.transfer_guard_host_to_device("allow"):
+    return {k: jax.make_array_from_process_local_data(
+        shardings[k], v, (v.shape[0] * n, *v.shape[1:]))
+            for k, v in batch.items()}

@@ -18,7 +18,6 @@ import numpy as np
 from flax import nnx
 
 from jaxworld import config as configlib
-from jaxworld.demo import resolve_config
 from jaxworld.models import build
 from jaxworld.parallel import mesh as meshlib
 from jaxworld.train import step as steplib
@@ -30,12 +29,12 @@ def main() -> None:
   p.add_argument("overrides", nargs="*")
   p.add_argument("--steps", type=int, default=20)
   args = p.parse_args()
-  cfg = configlib.load(resolve_config(args.config), args.overrides)
+  cfg = configlib.load(configlib.resolve(args.config), args.overrides)
   mesh = meshlib.make_mesh(cfg.mesh)
   frozen = None
   if cfg.train.stage == "dynamics":  # a random tokenizer costs the same
     # As in training, the tokenizer section comes from the tokenizer config.
-    tok = configlib.load(resolve_config("tokenizer")).tokenizer
+    tok = configlib.load(configlib.resolve("tokenizer")).tokenizer
     cfg = dataclasses.replace(cfg, tokenizer=tok)
     graphdef, state = nnx.split(build.tokenizer(cfg, nnx.Rngs(0)))
     frozen = steplib.Frozen(graphdef, state)

@@ -97,22 +97,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, configlib) -> int:
-  from jaxworld import demo
   from jaxworld.errors import JaxWorldError
   if args.command == "demo":
+    from jaxworld import demo
     summary = demo.run(args.workdir, args.overrides)
     return 0 if summary["passed"] else 1
   if args.command == "config":
     if args.fields:
       print("\n".join(configlib.describe()))
       return 0
-    path = demo.resolve_config(args.config) if args.config else None
+    path = configlib.resolve(args.config) if args.config else None
     print(json.dumps(configlib.to_dict(configlib.load(path, args.overrides)),
                      indent=2))
     return 0
   if args.command == "data":
     from jaxworld.data import generate
-    cfg = configlib.load(demo.resolve_config(args.config), args.overrides)
+    cfg = configlib.load(configlib.resolve(args.config), args.overrides)
     meta = generate.generate_dataset(cfg, args.out, args.overwrite)
     print(json.dumps({k: meta[k] for k in ("splits", "image_size",
                                            "episode_length")}, indent=2))
@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace, configlib) -> int:
       raise JaxWorldError("`jaxworld train` needs a CONFIG before the "
                           "overrides, e.g. `jaxworld train tokenizer "
                           "train.steps=100 --workdir runs/tok`.")
-    cfg = configlib.load(demo.resolve_config(args.config), args.overrides)
+    cfg = configlib.load(configlib.resolve(args.config), args.overrides)
     loop.train(cfg, args.workdir, args.resume)
     return 0
   if args.command == "rollout":

@@ -268,6 +268,22 @@ def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Con
   return cfg
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve(name: str) -> Path:
+  """A config path, or the name of a file in the repo's configs/ folder."""
+  path = Path(name)
+  if path.is_file():
+    return path
+  named = CONFIG_DIR / f"{name}.toml"
+  if named.is_file():
+    return named
+  known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+  raise JaxWorldError(f"No config file {name!r}. Pass a path to a .toml file "
+                      f"or one of the names in {CONFIG_DIR}: {known}.")
+
+
 def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
   """Loads a TOML (or resolved JSON) config file and applies overrides."""
   data: dict[str, Any] = {}

@@ -23,31 +23,16 @@ from jaxworld.train import loop
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # The demo passes if imagination beats copying the last frame by this much.
 REQUIRED_GAIN_DB = 1.0
-
-
-def resolve_config(name: str) -> Path:
-  """A config path, or the name of a file in the repo's configs/ folder."""
-  path = Path(name)
-  if path.is_file():
-    return path
-  named = CONFIG_DIR / f"{name}.toml"
-  if named.is_file():
-    return named
-  known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
-  from jaxworld.errors import JaxWorldError
-  raise JaxWorldError(f"No config file {name!r}. Pass a path to a .toml file "
-                      f"or one of the names in {CONFIG_DIR}: {known}.")
 
 
 def run(workdir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
   root = Path(workdir)
   data_dir, tok_dir, dyn_dir = root / "data", root / "tokenizer", root / "dynamics"
   common = [f"data.path={data_dir}", *overrides]
-  tok_cfg = configlib.load(resolve_config("tokenizer"), common)
-  dyn_cfg = configlib.load(resolve_config("dynamics"),
+  tok_cfg = configlib.load(configlib.resolve("tokenizer"), common)
+  dyn_cfg = configlib.load(configlib.resolve("dynamics"),
                            [f"dynamics.tokenizer_workdir={tok_dir}", *common])
   seconds: dict[str, float] = {}
 

@@ -3,13 +3,12 @@
 import pytest
 
 from jaxworld import config
-from jaxworld.demo import resolve_config
 from jaxworld.errors import JaxWorldError
 
 
 def test_repo_configs_load():
   for name in ("tokenizer", "dynamics"):
-    cfg = config.load(resolve_config(name))
+    cfg = config.load(config.resolve(name))
     assert cfg.train.stage == name
 
 

@@ -23,6 +23,9 @@ def test_rollout_actions_line_up():
   frame; the next action only shapes later ones."""
   cfg = tiny_config()
   model = build.dynamics(cfg, nnx.Rngs(0))
+  # Untrained, actions barely move the logits; make them count so a changed
+  # action visibly changes the argmax tokens it reaches.
+  model.action_embed_AD[...] = model.action_embed_AD[...] * 100.0
   context = jax.random.randint(jax.random.key(0), (2, 2, 16), 0, 32)
   actions = jnp.zeros((2, 4), jnp.int32)
 

@@ -28,11 +28,13 @@ class MaskGITDynamics(nnx.Module):
   def __init__(self, rngs: nnx.Rngs, *, codebook_size: int, num_actions: int,
                num_tokens: int, max_frames: int, backbone: dict[str, Any]):
     width = backbone["width"]
+    self.codebook_size = codebook_size
     self.mask_token = codebook_size  # one extra embedding row
     self.no_action = num_actions     # one extra embedding row
     init = jax.nn.initializers.normal(0.02)
-    # Rows: V codes + the mask token, padded to a multiple of 128 so the
-    # vocab axis splits evenly over any tensor-parallel size up to 128.
+    # Both vocab tables (V codes + the mask token in, V logits out) are
+    # padded to a multiple of 128 so the vocab axis splits evenly over any
+    # tensor-parallel size up to 128; padded logits are sliced off.
     rows = -(-(codebook_size + 1) // 128) * 128
     self.token_embed_VD = make_param(rngs, init, (rows, width),
                                      (axes.VOCAB, axes.EMBED))
@@ -40,7 +42,7 @@ class MaskGITDynamics(nnx.Module):
                                       (axes.ACTION, axes.EMBED))
     self.backbone = STTransformer(rngs, num_tokens=num_tokens,
                                   max_frames=max_frames, **backbone)
-    self.head = Dense(rngs, (width,), (codebook_size,), "BTND,DV->BTNV",
+    self.head = Dense(rngs, (width,), (rows,), "BTND,DV->BTNV",
                       (axes.EMBED, axes.VOCAB))
 
   def __call__(self, tokens_BTN: jax.Array, actions_BT: jax.Array,
@@ -52,4 +54,5 @@ class MaskGITDynamics(nnx.Module):
         [jnp.full_like(actions_BT[:, :1], self.no_action), actions_BT[:, :-1]],
         axis=1)
     x_BTND = x_BTND + self.action_embed_AD[...][prev_actions_BT][:, :, None]
-    return self.head(self.backbone(x_BTND)).astype(jnp.float32)
+    logits_BTNV = self.head(self.backbone(x_BTND))[..., :self.codebook_size]
+    return logits_BTNV.astype(jnp.float32)

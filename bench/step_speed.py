@@ -10,54 +10,28 @@ try sharded layouts on a CPU).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
-import jax
-import numpy as np
-from flax import nnx
-
-from jaxworld import config as configlib
-from jaxworld.models import build
-from jaxworld.parallel import mesh as meshlib
-from jaxworld.train import step as steplib
+import common
 
 
 def main() -> None:
-  p = argparse.ArgumentParser()
-  p.add_argument("config")
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("config", help="tokenizer, dynamics or a path")
   p.add_argument("overrides", nargs="*")
   p.add_argument("--steps", type=int, default=20)
   args = p.parse_args()
-  cfg = configlib.load(configlib.resolve(args.config), args.overrides)
+  from jaxworld.models import build
+  from jaxworld.parallel import mesh as meshlib
+  cfg = common.load(args.config, args.overrides)
   mesh = meshlib.make_mesh(cfg.mesh)
-  frozen = None
-  if cfg.train.stage == "dynamics":  # a random tokenizer costs the same
-    # As in training, the tokenizer section comes from the tokenizer config.
-    tok = configlib.load(configlib.resolve("tokenizer")).tokenizer
-    cfg = dataclasses.replace(cfg, tokenizer=tok)
-    graphdef, state = nnx.split(build.tokenizer(cfg, nnx.Rngs(0)))
-    frozen = steplib.Frozen(graphdef, state)
   t0 = time.perf_counter()
-  compiled = steplib.compile_step(cfg, cfg.train.stage, mesh, frozen)
+  compiled, frozen = common.compile_step(cfg, mesh)
   compile_s = time.perf_counter() - t0
-  state = compiled.init()
-  rng = np.random.default_rng(0)
-  spec = steplib.batch_spec(cfg, cfg.train.batch_size)
-  batch = steplib.device_batch(
-      {"frames": rng.integers(0, 256, spec["frames"].shape, np.uint8),
-       "actions": rng.integers(0, 5, spec["actions"].shape).astype(np.int32)},
-      compiled.batch_shardings)
-  frozen_state = frozen.state if frozen else None
-  state, m = compiled.step(state, frozen_state, batch)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(args.steps):
-    state, m = compiled.step(state, frozen_state, batch)
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t0) / args.steps
+  batch = common.random_batch(cfg, compiled.batch_shardings)
+  dt = common.time_steps(compiled, frozen, batch, args.steps)
   frames = cfg.train.batch_size * cfg.data.window
-  params = build.count_params(state["model"])
+  params = build.count_params(compiled.init()["model"])
   print(f"{args.config} {cfg.train.stage}: {params:,} params | mesh "
         f"{dict(mesh.shape)} | compile {compile_s:.1f}s | {1 / dt:.2f} steps/s"
         f" | {frames / dt:,.0f} frames/s | "

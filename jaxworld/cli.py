@@ -94,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   except JaxWorldError as e:
     print(f"jaxworld: error: {e}", file=sys.stderr)
     return 2
+  except Exception as e:  # noqa: BLE001 - re-raised unless a lost peer
+    from jaxworld.parallel import mesh
+    message = mesh.lost_peer_message(e)
+    if message is None:
+      raise
+    print(f"jaxworld: error: {message}", file=sys.stderr, flush=True)
+    return 3
 
 
 def _run(args: argparse.Namespace, configlib) -> int:

@@ -68,26 +68,27 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """Device mesh and the logical-axis rules that map parameters onto it."""
-  data: int = field(-1, "Data-parallel axis size; -1 takes all devices the "
-                    "other axes leave.")
+  """Device mesh and the logical-axis rules that map arrays onto it.
+
+  A preset (configs/mesh/*.toml) gives the axis sizes and the rules; any key
+  set in the config file or on the command line wins over the preset's.
+  """
+  preset: str = field("dp", "Parallelism preset: dp, fsdp, fsdp_tp, tp_sp "
+                      "(files in configs/mesh/) or a path to such a file.")
+  data: int = field(-1, "Data-parallel axis size. One axis may be -1: it "
+                    "takes all devices the others leave.")
   fsdp: int = field(1, "Fully-sharded data-parallel axis size (params and "
                     "optimizer sharded, batch split).")
+  sequence: int = field(1, "Sequence-parallel axis size (frames, then token "
+                        "positions, split; see docs/scaling.md).")
   tensor: int = field(1, "Tensor-parallel axis size (heads and MLP sharded).")
-  rules: tuple = field(
-      (("batch", ("data", "fsdp")),
-       ("embed", "fsdp"),
-       ("mlp", "tensor"),
-       ("heads", "tensor"),
-       ("vocab", "tensor"),
-       ("kv", None),
-       ("codebook", None),
-       ("latent", None),
-       ("patch", None),
-       ("position", None),
-       ("action", None),
-       ("layers", None)),
-      "Logical axis name -> mesh axis (or list of axes, or null).")
+  dcn_data: int = field(1, "Of the data axis, how many ways it spans slices "
+                        "(or hosts, where devices have no slice) over the "
+                        "data-center network; the rest stays inside one.")
+  dcn_fsdp: int = field(1, "Of the fsdp axis, how many ways it spans slices "
+                        "over the data-center network.")
+  rules: tuple = field((), "Logical axis name -> mesh axis, list of mesh "
+                       "axes, or [] (replicated); from the preset unless set.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +264,11 @@ def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Con
       if not isinstance(node, dict):
         raise JaxWorldError(f"Override {text!r}: {k} is not a section.")
     node[keys[-1]] = value
+  if not isinstance(data.get("mesh", {}), dict):
+    raise JaxWorldError("Config key mesh is a section; give it as a table.")
+  mesh = data.setdefault("mesh", {})
+  # Preset underneath, explicit keys on top.
+  data["mesh"] = {**load_preset(mesh.get("preset", MeshConfig.preset)), **mesh}
   cfg = _build(Config, data, "")
   validate(cfg)
   return cfg
@@ -282,6 +288,26 @@ def resolve(name: str) -> Path:
   known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
   raise JaxWorldError(f"No config file {name!r}. Pass a path to a .toml file "
                       f"or one of the names in {CONFIG_DIR}: {known}.")
+
+
+def load_preset(name: str) -> dict[str, Any]:
+  """The [mesh] table of a parallelism preset, by name or path."""
+  path = Path(name)
+  if not (path.suffix == ".toml" and path.is_file()):
+    path = CONFIG_DIR / "mesh" / f"{name}.toml"
+  if not path.is_file():
+    known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "mesh").glob("*.toml")))
+    raise JaxWorldError(f"No mesh preset {name!r}. Use mesh.preset= one of "
+                        f"{known}, or a path to a .toml file with a [mesh] "
+                        f"table.")
+  try:
+    table = tomllib.loads(path.read_text())
+  except tomllib.TOMLDecodeError as e:
+    raise JaxWorldError(f"Mesh preset {path} does not parse: {e}.") from None
+  if set(table) != {"mesh"} or "preset" in table["mesh"]:
+    raise JaxWorldError(f"Mesh preset {path} must hold only a [mesh] table "
+                        f"(sizes and rules, no preset key).")
+  return table["mesh"]
 
 
 def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
@@ -388,8 +414,17 @@ def validate(cfg: Config) -> None:
   check(0.0 < cfg.dynamics.target_frame_prob <= 1.0,
         "dynamics.target_frame_prob must be in (0, 1].")
   m = cfg.mesh
-  check(m.fsdp >= 1 and m.tensor >= 1 and (m.data >= 1 or m.data == -1),
-        "mesh.fsdp and mesh.tensor must be >= 1; mesh.data >= 1 or -1.")
+  sizes = {"data": m.data, "fsdp": m.fsdp, "sequence": m.sequence,
+           "tensor": m.tensor}
+  check(all(v >= 1 or v == -1 for v in sizes.values()) and
+        list(sizes.values()).count(-1) <= 1,
+        f"mesh sizes {sizes}: each must be >= 1, and at most one may be -1 "
+        f"(it takes the devices the others leave).")
+  check(m.dcn_data >= 1 and m.dcn_fsdp >= 1,
+        "mesh.dcn_data and mesh.dcn_fsdp must be >= 1.")
+  check(len(m.rules) > 0, f"mesh.rules is empty; set mesh.preset (e.g. "
+        f"\"dp\") or give the rules.")
   for rule in m.rules:
     check(isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str),
-          f"mesh.rules entry {rule!r} must be [logical_name, mesh_axis].")
+          f"mesh.rules entry {rule!r} must be [logical_name, mesh_axis], "
+          f"[logical_name, [mesh_axes...]] or [logical_name, []].")

@@ -21,10 +21,30 @@ import sys
 import time
 
 
+# Simulated CPU devices run collectives in program order: the concurrent
+# scheduler can deadlock them when devices outnumber cores.
+_SEQUENTIAL = " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def process_env(index: int, count: int, address: str,
+                devices_per_process: int) -> dict[str, str]:
+  """The environment of process `index` of `count` on this machine."""
+  return dict(os.environ, JAX_COORDINATOR_ADDRESS=address,
+              JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(index),
+              JAX_PLATFORMS="cpu",
+              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                         f" --xla_force_host_platform_device_count="
+                         f"{devices_per_process}" + _SEQUENTIAL).strip())
+
+
+def free_address() -> str:
+  return f"127.0.0.1:{_free_port()}"
 
 
 def main() -> int:
@@ -38,28 +58,31 @@ def main() -> int:
   command = args.command[1:] if args.command[:1] == ["--"] else args.command
   if not command:
     p.error("give the command to run after --")
-  address = f"127.0.0.1:{_free_port()}"
-  procs = []
-  for i in range(args.processes):
-    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=address,
-               JAX_NUM_PROCESSES=str(args.processes), JAX_PROCESS_ID=str(i),
-               JAX_PLATFORMS="cpu",
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                          f" --xla_force_host_platform_device_count="
-                          f"{args.devices_per_process}").strip())
-    procs.append(subprocess.Popen(command, env=env))
-  # If one process fails the others would wait in collectives forever:
-  # stop them all on the first failure.
+  address = free_address()
+  procs = [subprocess.Popen(command, env=process_env(
+      i, args.processes, address, args.devices_per_process))
+           for i in range(args.processes)]
+  # The distributed runtime stops the survivors of a dead process within its
+  # heartbeat timeout; the launcher also names the first failure and stops
+  # the rest, so a laptop run never hangs.
   while True:
     codes = [proc.poll() for proc in procs]
-    failed = [c for c in codes if c not in (None, 0)]
+    failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
     if failed or all(c == 0 for c in codes):
       break
     time.sleep(0.2)
+  if failed:
+    i, code = failed[0]
+    why = (f"was killed by signal {-code}" if code < 0
+           else f"exited with status {code}")
+    print(f"launch/local.py: process {i} {why}; stopping the others.",
+          file=sys.stderr)
   for proc in procs:
     if proc.poll() is None:
       proc.terminate()
-  return failed[0] if failed else 0
+  for proc in procs:
+    proc.wait()
+  return (failed[0][1] if failed[0][1] > 0 else 1) if failed else 0
 
 
 if __name__ == "__main__":

@@ -5,8 +5,13 @@ XLA_FLAGS must be set before jax is first imported, hence at module import.
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8")
+# The concurrency-optimised CPU scheduler can start two collectives of one
+# simulated device at once; with more devices than cores they then wait for
+# each other's threads and deadlock (seen with sequence parallelism's
+# all-to-all). The sequential scheduler keeps them in program order.
+CPU_FLAGS = ("--xla_force_host_platform_device_count=8 "
+             "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

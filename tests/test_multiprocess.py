@@ -1,35 +1,70 @@
-"""Two JAX processes on this machine: the multi-host path of the trainer."""
+"""Several JAX processes on this machine: the multi-host path of the trainer."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+
 from conftest import TINY
+from jaxworld import config as configlib
+from jaxworld.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "launch"))
+import local as launcher  # noqa: E402
 
 
-def _launch(workdir, data, *extra):
+def _train_cmd(data, workdir, *extra):
+  return [sys.executable, "-m", "jaxworld.cli", "train", "tokenizer", *TINY,
+          f"data.path={data}", "train.log_every=1", *extra, "--workdir",
+          str(workdir)]
+
+
+def _launch(processes, devices, workdir, data, *extra):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  cmd = [sys.executable, str(ROOT / "launch" / "local.py"), "--processes", "2",
-         "--devices-per-process", "2", "--", sys.executable, "-m",
-         "jaxworld.cli", "train", "tokenizer", *TINY, f"data.path={data}",
-         "train.log_every=1", *extra, "--workdir", str(workdir)]
+  cmd = [sys.executable, str(ROOT / "launch" / "local.py"), "--processes",
+         str(processes), "--devices-per-process", str(devices), "--",
+         *_train_cmd(data, workdir, *extra)]
   return subprocess.run(cmd, env=env, capture_output=True, text=True,
                         timeout=300)
 
 
-def test_two_processes_train_checkpoint_and_resume(tiny_dataset, tmp_path):
+def _losses(workdir):
+  return [json.loads(x)["loss"]
+          for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_like_one(tiny_dataset, tmp_path):
+  """2 processes x 4 devices (data split across processes over a hybrid
+  mesh, fsdp within each) give the losses of 1 process x 8 devices."""
+  mesh = ["mesh.preset=fsdp", "mesh.data=2", "train.steps=3"]
+  result = _launch(2, 4, tmp_path / "mp", tiny_dataset, *mesh,
+                   "mesh.dcn_data=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  # The same config as `jaxworld train tokenizer` builds, in this process.
+  cfg = configlib.load(configlib.resolve("tokenizer"), [
+      *TINY, *mesh, "train.log_every=1", f"data.path={tiny_dataset}"])
+  loop.train(cfg, tmp_path / "sp")
+  # fp32 tolerance: gloo and in-process all-reduces sum in different orders.
+  np.testing.assert_allclose(_losses(tmp_path / "mp"),
+                             _losses(tmp_path / "sp"), rtol=2e-4)
+
+
+def test_two_processes_checkpoint_and_resume(tiny_dataset, tmp_path):
   run = tmp_path / "mp"
-  first = _launch(run, tiny_dataset, "mesh.fsdp=2", "train.steps=2")
+  first = _launch(2, 2, run, tiny_dataset, "mesh.fsdp=2", "train.steps=2")
   assert first.returncode == 0, first.stderr[-3000:]
   # Each process saved its own data-iterator state.
   data_dir = run / "checkpoints" / "2" / "data"
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= {
       p.name for p in data_dir.iterdir()}
-  second = _launch(run, tiny_dataset, "mesh.fsdp=2", "train.steps=4",
+  second = _launch(2, 2, run, tiny_dataset, "mesh.fsdp=2", "train.steps=4",
                    "--resume")
   assert second.returncode == 0, second.stderr[-3000:]
   steps = [json.loads(x)["step"]
@@ -38,8 +73,44 @@ def test_two_processes_train_checkpoint_and_resume(tiny_dataset, tmp_path):
 
 
 def test_tensor_group_across_processes_is_refused(tiny_dataset, tmp_path):
-  result = _launch(tmp_path / "tp", tiny_dataset, "mesh.fsdp=1",
+  result = _launch(2, 2, tmp_path / "tp", tiny_dataset, "mesh.fsdp=1",
                    "mesh.tensor=4", "train.steps=1")
   assert result.returncode == 2
-  assert "Keep mesh.tensor within one host" in result.stderr
+  assert "Keep mesh.tensor x mesh.sequence within one host" in result.stderr
   assert not (tmp_path / "tp").exists()
+
+
+def test_dead_process_stops_the_others(tiny_dataset, tmp_path, monkeypatch):
+  """SIGKILL one of two processes mid-training: the runtime names the lost
+  process and stops the survivor within 60 s (jaxworld sets its heartbeat
+  timeout to 20 s)."""
+  monkeypatch.delenv("XLA_FLAGS")
+  address = launcher.free_address()
+  run = tmp_path / "dead"
+  cmd = _train_cmd(tiny_dataset, run, "mesh.fsdp=2", "train.steps=1000000",
+                   "train.checkpoint_every=1000000")
+  procs = [subprocess.Popen(cmd, env=launcher.process_env(i, 2, address, 2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  try:
+    deadline = time.monotonic() + 180
+    metrics = run / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+      assert time.monotonic() < deadline, "training never started"
+      assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = procs[0].communicate(timeout=120)
+    stopped_after = time.monotonic() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert procs[0].returncode != 0
+  assert stopped_after < 60, stopped_after
+  # The runtime names the lost process (task N is process N). Whether the
+  # survivor's own collective fails first (then jaxworld says so too) or it
+  # is stopped while waiting depends on where it was when the peer died.
+  assert re.search(r"Task 1 heartbeat timeout|stopped sending heartbeats\)"
+                   r":\s*1\b", err), err[-3000:]

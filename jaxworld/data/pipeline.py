@@ -1,7 +1,7 @@
 """The Grain pipeline from episode records to training batches.
 
-    ArrayRecord shards -> decode -> this process's slice -> seeded shuffle
-    (reshuffled each epoch) -> random fixed-length window -> batch
+    ArrayRecord shards -> decode -> seeded shuffle (reshuffled each epoch)
+    -> random fixed-length window -> batch -> this process's batch slices
     -> worker processes (data.num_workers) or a prefetch thread
 
 Every step is a deterministic function of `data.shuffle_seed` and the
@@ -87,20 +87,19 @@ def train_dataset(cfg: DataConfig, root: str | Path, batch_size: int,
                   ) -> grain.IterDataset:
   """Endless shuffled batches of windows for one process.
 
-  `batch_size` is the per-process batch; processes read disjoint episodes.
+  There is one global stream of windows, a function of the seed alone, cut
+  into global batches of `batch_size * process_count` rows; process p reads
+  rows [p * batch_size, (p + 1) * batch_size) of each. So any number of
+  processes trains on exactly the batches one process would, and within an
+  epoch the processes read disjoint episodes that together cover them all.
   """
   ds = episode_source(root, "train")
-  if len(ds) < process_count:
-    raise JaxWorldError(f"The train split has {len(ds)} episodes, fewer than "
-                        f"the {process_count} processes reading it.")
-  ds = ds[process_index::process_count]
-  # Each process its own seed, so processes do not crop their windows at the
-  # same offsets in lockstep.
-  seed = int(np.random.SeedSequence([cfg.shuffle_seed, process_index])
-             .generate_state(1)[0])
+  seed = int(np.random.SeedSequence([cfg.shuffle_seed, 0]).generate_state(1)[0])
   ds = (ds.seed(seed).shuffle().repeat(None)
         .random_map(RandomWindow(cfg.window))
         .batch(batch_size, drop_remainder=True))
+  # Lazy: only this process's slices are ever read and decoded.
+  ds = ds[process_index::process_count]
   read = grain.ReadOptions(num_threads=max(1, cfg.num_workers or 2),
                            prefetch_buffer_size=cfg.prefetch)
   it_ds = ds.to_iter_dataset(read)

@@ -15,6 +15,7 @@ from flax import nnx
 
 from jaxworld.models.layers import MLP, Attention, RMSNorm, make_param
 from jaxworld.parallel import axes
+from jaxworld.parallel.activations import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -23,6 +24,11 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+# Activation layouts [B, T, N, D] / [B, N, T, D] in logical names.
+FRAME_LAYOUT = (axes.BATCH, axes.FRAMES, None, None)
+TOKEN_LAYOUT = (axes.BATCH, axes.TOKENS, None, None)
 
 
 class STBlock(nnx.Module):
@@ -38,14 +44,21 @@ class STBlock(nnx.Module):
     self.mlp = MLP(rngs, width, mlp_ratio * width, dtype)
 
   def __call__(self, x_BTND: jax.Array) -> jax.Array:
+    # Spatial attention and the MLP work frame by frame, temporal attention
+    # token position by token position: under sequence parallelism the
+    # first split frames, the second token positions, and the switch between
+    # the two layouts is one all-to-all each way (docs/scaling.md).
     b, t, n, d = x_BTND.shape
+    x_BTND = constrain(x_BTND, FRAME_LAYOUT)
     h_BtND = self.spatial_norm(x_BTND).reshape(b * t, n, d)
     x_BTND = x_BTND + self.spatial_attn(h_BtND, is_causal=False).reshape(
         b, t, n, d)
-    h_BnTD = self.temporal_norm(x_BTND).transpose(0, 2, 1, 3).reshape(
-        b * n, t, d)
-    o_BNTD = self.temporal_attn(h_BnTD, is_causal=True).reshape(b, n, t, d)
-    x_BTND = x_BTND + o_BNTD.transpose(0, 2, 1, 3)
+    h_BNTD = constrain(self.temporal_norm(x_BTND).transpose(0, 2, 1, 3),
+                       TOKEN_LAYOUT)
+    o_BNTD = self.temporal_attn(h_BNTD.reshape(b * n, t, d),
+                                is_causal=True).reshape(b, n, t, d)
+    o_BTND = constrain(o_BNTD, TOKEN_LAYOUT).transpose(0, 2, 1, 3)
+    x_BTND = constrain(x_BTND + o_BTND, FRAME_LAYOUT)
     return x_BTND + self.mlp(self.mlp_norm(x_BTND))
 
 

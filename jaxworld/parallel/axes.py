@@ -21,6 +21,8 @@ ACTION = "action"      # discrete action table A
 
 # Activations.
 BATCH = "batch"
+FRAMES = "frames"      # time T, split by sequence parallelism in spatial ops
+TOKENS = "tokens"      # tokens per frame N, split in temporal attention
 
 ALL = (EMBED, MLP, HEADS, KV, VOCAB, CODEBOOK, LATENT, PATCH, LAYERS,
-       POSITION, ACTION, BATCH)
+       POSITION, ACTION, BATCH, FRAMES, TOKENS)

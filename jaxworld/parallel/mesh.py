@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxworld.config import MeshConfig
@@ -22,18 +23,27 @@ from jaxworld.parallel import axes
 
 log = logging.getLogger(__name__)
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# Ordered by how much they talk: tensor, innermost, gets the closest devices.
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+
+# A dead process is noticed by the others after this many seconds without
+# its heartbeat; they then stop with an error naming it (JAX's default, 100 s,
+# is longer than a user should wait).
+HEARTBEAT_TIMEOUT_S = int(os.environ.get("JAXWORLD_HEARTBEAT_TIMEOUT_S", "20"))
 
 
 def maybe_initialize_distributed() -> None:
   """Joins a multi-process job when launched as one; no-op otherwise.
 
-  `jax.distributed.initialize()` auto-detects TPU pods, SLURM and GKE; an
-  explicit coordinator is given with JAX_COORDINATOR_ADDRESS,
-  JAX_NUM_PROCESSES and JAX_PROCESS_ID (what `launch/local.py` sets).
+  An explicit coordinator is given with JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID (what `launch/local.py` sets; also
+  usable on any cluster). Otherwise JAX detects SLURM, Open MPI, Cloud TPU
+  pods / multislice and GKE TPU JobSets by their environment.
   """
   if jax.distributed.is_initialized():
     return
+  timeouts = dict(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+                  shutdown_timeout_seconds=HEARTBEAT_TIMEOUT_S)
   if "JAX_COORDINATOR_ADDRESS" in os.environ:
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
       # CPU processes exchange data through gloo (TCP), e.g. on a laptop.
@@ -41,36 +51,99 @@ def maybe_initialize_distributed() -> None:
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
-    log.info("joined distributed job: process %d of %d",
-             jax.process_index(), jax.process_count())
+        process_id=int(os.environ["JAX_PROCESS_ID"]), **timeouts)
+  elif _launched_by_cluster():
+    jax.distributed.initialize(**timeouts)
+  else:
+    return
+  log.info("joined distributed job: process %d of %d",
+           jax.process_index(), jax.process_count())
+
+
+def lost_peer_message(error: BaseException) -> str | None:
+  """What to tell the user when a runtime error in a multi-process job
+  means another process is gone; None for any other error."""
+  if not (jax.distributed.is_initialized() and jax.process_count() > 1 and
+          isinstance(error, jax.errors.JaxRuntimeError)):
+    return None
+  first_line = str(error).strip().splitlines()[0]
+  return (f"process {jax.process_index()} of {jax.process_count()}: a "
+          f"collective with the other processes failed ({first_line}). "
+          f"Another process has most likely died; see its log. The "
+          f"distributed runtime names it within {HEARTBEAT_TIMEOUT_S} s "
+          f"('Task N heartbeat timeout' means process N) and stops this one. "
+          f"Fix the cause, then rerun the same command with --resume.")
+
+
+def _launched_by_cluster() -> bool:
+  """One of the multi-process launchers `jax.distributed` knows about."""
+  env = os.environ
+  return (int(env.get("SLURM_NTASKS", "1")) > 1 or
+          int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 or
+          "," in env.get("TPU_WORKER_HOSTNAMES", "") or
+          "MEGASCALE_COORDINATOR_ADDRESS" in env)
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> dict[str, int]:
-  """Resolves `data=-1` and checks the product against the device count."""
-  fixed = cfg.fsdp * cfg.tensor
-  data = cfg.data if cfg.data != -1 else num_devices // fixed
-  shape = {"data": data, "fsdp": cfg.fsdp, "tensor": cfg.tensor}
-  if data < 1 or data * fixed != num_devices:
-    hint = (f"mesh.data=-1 mesh.fsdp={cfg.fsdp} mesh.tensor={cfg.tensor}"
-            if num_devices % fixed == 0 else
-            f"mesh.data={num_devices} mesh.fsdp=1 mesh.tensor=1")
+  """Resolves the -1 axis and checks the product against the device count."""
+  shape = {a: getattr(cfg, a) for a in MESH_AXES}
+  fixed = int(np.prod([v for v in shape.values() if v != -1]))
+  for a, v in shape.items():
+    if v == -1:
+      shape[a] = num_devices // fixed
+  if np.prod(list(shape.values())) != num_devices:
+    given = " x ".join(f"{a}={getattr(cfg, a)}" for a in MESH_AXES)
     raise JaxWorldError(
-        f"The mesh data={cfg.data} x fsdp={cfg.fsdp} x tensor={cfg.tensor} "
-        f"does not match the {num_devices} available devices: the product of "
-        f"the axis sizes must equal the device count. Try {hint}.")
+        f"The mesh {given} does not match the {num_devices} available "
+        f"devices: the product of the axis sizes must equal the device "
+        f"count. Try {_working_mesh(cfg, num_devices)}.")
   return shape
 
 
+def _working_mesh(cfg: MeshConfig, num_devices: int) -> str:
+  """A mesh for `num_devices` close to the requested one."""
+  sizes, left = {}, num_devices
+  for a in ("tensor", "sequence", "fsdp"):
+    want = max(getattr(cfg, a), 1)
+    sizes[a] = int(np.gcd(want, left))
+    left //= sizes[a]
+  sizes["data"] = left
+  return " ".join(f"mesh.{a}={sizes[a]}" for a in MESH_AXES)
+
+
 def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
+  """The mesh of `cfg` over `devices` (all by default).
+
+  With mesh.dcn_* > 1 the data / fsdp axes are laid out so that their outer
+  factor crosses slices (or processes) and everything else stays inside one.
+  """
   devices = list(devices) if devices is not None else jax.devices()
   shape = mesh_shape(cfg, len(devices))
-  return jax.make_mesh(
-      tuple(shape[a] for a in MESH_AXES), MESH_AXES,
-      axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
-      devices=devices)
+  dcn = {"data": cfg.dcn_data, "fsdp": cfg.dcn_fsdp}
+  for a, n in dcn.items():
+    if shape[a] % n:
+      raise JaxWorldError(
+          f"mesh.dcn_{a}={n} does not divide mesh.{a}={shape[a]}: the {a} "
+          f"axis is split into {n} groups across slices. Use a mesh.dcn_{a} "
+          f"that divides {shape[a]}.")
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if cfg.dcn_data * cfg.dcn_fsdp == 1:
+    return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES,
+                         axis_types=axis_types, devices=devices)
+  dcn_shape = [dcn.get(a, 1) for a in MESH_AXES]
+  ici_shape = [shape[a] // n for a, n in zip(MESH_AXES, dcn_shape)]
+  # Slices where there are several (TPU multislice), else processes (hosts).
+  by_process = len({getattr(d, "slice_index", 0) for d in devices}) == 1
+  granules = len({getattr(d, "process_index" if by_process else "slice_index")
+                  for d in devices})
+  if granules != int(np.prod(dcn_shape)):
+    raise JaxWorldError(
+        f"mesh.dcn_data x mesh.dcn_fsdp = {int(np.prod(dcn_shape))} but the "
+        f"job has {granules} {'processes' if by_process else 'slices'}; the "
+        f"product must equal that count.")
+  device_array = mesh_utils.create_hybrid_device_mesh(
+      ici_shape, dcn_shape, devices, process_is_granule=by_process)
+  return Mesh(device_array, MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_mesh_spec(names: Sequence[str | None],
@@ -85,7 +158,7 @@ def logical_to_mesh_spec(names: Sequence[str | None],
     if name not in rules:
       raise JaxWorldError(
           f"Logical axis {name!r} has no entry in mesh.rules. Add "
-          f"[\"{name}\", null] (replicated) or map it to a mesh axis "
+          f"[\"{name}\", []] (replicated) or map it to a mesh axis "
           f"({', '.join(MESH_AXES)}).")
     target = rules[name]
     mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
@@ -111,23 +184,26 @@ def param_shardings(abstract_state: Any, mesh: Mesh,
   """NamedShardings for an nnx.State whose Variables carry `out_sharding`."""
   table = rules_dict(rules)
 
-  def to_sharding(v: Any) -> Any:
+  def to_sharding(path: Any, v: Any) -> Any:
     names = v.get_metadata().get("out_sharding") or (None,) * v.ndim
     spec = logical_to_mesh_spec(names, table)
-    for dim, mesh_axis in zip(v.shape, spec):
-      size = int(np.prod([mesh.shape[a] for a in
-                          ((mesh_axis,) if isinstance(mesh_axis, str)
-                           else mesh_axis or ())]))
+    for dim, name, mesh_axis in zip(v.shape, names, spec):
+      mesh_axes = (mesh_axis,) if isinstance(mesh_axis, str) else mesh_axis or ()
+      size = int(np.prod([mesh.shape[a] for a in mesh_axes]))
       if dim % size:
+        fits = " or ".join(f"mesh.{a}={int(np.gcd(dim, mesh.shape[a]))}"
+                           for a in mesh_axes)
         raise JaxWorldError(
-            f"A parameter of shape {tuple(v.shape)} with logical axes "
-            f"{names} cannot be split {size} ways along {mesh_axis!r} "
-            f"(size {dim}). Change mesh.rules or the mesh sizes so each "
-            f"sharded dimension divides evenly.")
+            f"{jax.tree_util.keystr(path, simple=True, separator='/')} has "
+            f"{dim} {name!r} (shape {tuple(v.shape)}), which does not split "
+            f"{size} ways over mesh axes {mesh_axes} of {dict(mesh.shape)}. "
+            f"Use sizes that divide {dim} (e.g. {fits}), a model whose "
+            f"{name!r} divides {size}, or map {name!r} elsewhere in "
+            f"mesh.rules.")
     return v.replace(NamedSharding(mesh, spec))
 
-  return jax.tree.map(to_sharding, abstract_state,
-                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree.map_with_path(to_sharding, abstract_state,
+                                is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def check_sharded_as_ruled(state: Any, shardings: Any) -> list[str]:
@@ -177,9 +253,25 @@ def check_batch(global_batch: int, mesh: Mesh,
   return global_batch // jax.process_count()
 
 
-def _batch_mesh_axes(rules: Sequence[Sequence[Any]]) -> tuple[str, ...]:
-  target = rules_dict(rules).get(axes.BATCH)
+def check_splits(what: str, size: int, name: str, mesh: Mesh,
+                 rules: Sequence[Sequence[Any]]) -> None:
+  """An activation dimension must split evenly over the axes `name` maps to."""
+  mesh_axes = _mesh_axes(rules, name)
+  n = int(np.prod([mesh.shape[a] for a in mesh_axes]))
+  if size % n:
+    raise JaxWorldError(
+        f"{what}={size} does not split {n} ways over mesh axes {mesh_axes} "
+        f"(the {name!r} rule) of {dict(mesh.shape)}. Use a {what} that is a "
+        f"multiple of {n}, or mesh sizes that divide {size}.")
+
+
+def _mesh_axes(rules: Sequence[Sequence[Any]], name: str) -> tuple[str, ...]:
+  target = rules_dict(rules).get(name)
   return (target,) if isinstance(target, str) else tuple(target or ())
+
+
+def _batch_mesh_axes(rules: Sequence[Sequence[Any]]) -> tuple[str, ...]:
+  return _mesh_axes(rules, axes.BATCH)
 
 
 def _check_rows_per_process(global_batch: int, mesh: Mesh,
@@ -198,9 +290,9 @@ def _check_rows_per_process(global_batch: int, mesh: Mesh,
   if len(set(all_rows)) != len(all_rows):
     raise JaxWorldError(
         f"The mesh {dict(mesh.shape)} spreads the same batch rows over "
-        f"several processes (a tensor-parallel group spans hosts). Keep "
-        f"mesh.tensor within one host's {jax.local_device_count()} devices "
-        f"and let data/fsdp span hosts.")
+        f"several processes (a tensor- or sequence-parallel group spans "
+        f"hosts). Keep mesh.tensor x mesh.sequence within one host's "
+        f"{jax.local_device_count()} devices and let data/fsdp span hosts.")
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 
 from jaxworld.config import Config
 from jaxworld.models import build
+from jaxworld.parallel import activations, axes
 from jaxworld.parallel import mesh as meshlib
 from jaxworld.train import objectives, optim
 
@@ -76,6 +77,11 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
   graphdef, abstract = abstract_state(cfg, stage)
   state_sh = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
   batch = batch_spec(cfg, cfg.train.batch_size)
+  tokens = (cfg.world.image_size // cfg.tokenizer.patch_size) ** 2
+  meshlib.check_splits("data.window", cfg.data.window, axes.FRAMES, mesh,
+                       cfg.mesh.rules)
+  meshlib.check_splits("tokens per frame", tokens, axes.TOKENS, mesh,
+                       cfg.mesh.rules)
   batch_sh = {k: meshlib.batch_sharding(mesh, v.ndim, cfg.mesh.rules)
               for k, v in batch.items()}
   objective = objectives.for_stage(cfg, stage)
@@ -110,7 +116,8 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
   init_jit = jax.jit(init, out_shardings=state_sh)
   step_jit = jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_sh),
                      out_shardings=(state_sh, replicated), donate_argnums=0)
-  compiled = step_jit.lower(abstract, frozen_abstract, batch).compile()
+  with activations.use_rules(mesh, cfg.mesh.rules):  # traced under the rules
+    compiled = step_jit.lower(abstract, frozen_abstract, batch).compile()
   return CompiledStep(graphdef, state_sh, batch_sh, init_jit, compiled,
                       _memory_summary(compiled))
 

@@ -1,0 +1,72 @@
+"""Shared set-up for the benchmarks: config, compiled step, random batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+
+def simulate_cpu_devices(n: int) -> None:
+  """Ask for `n` simulated CPU devices; call before jax is first imported."""
+  if "jax" in __import__("sys").modules:
+    raise RuntimeError("simulate_cpu_devices must run before importing jax")
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in flags:
+    # Sequential scheduling: see tests/conftest.py (a CPU deadlock).
+    os.environ["XLA_FLAGS"] = (
+        f"{flags} --xla_force_host_platform_device_count={n} "
+        f"--xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
+
+
+def load(name: str, overrides: list[str]) -> Any:
+  """A repo config by name; a dynamics config gets the tokenizer config's
+  tokenizer section, as in training."""
+  from jaxworld import config as configlib
+  cfg = configlib.load(configlib.resolve(name), overrides)
+  if cfg.train.stage == "dynamics":
+    tok = configlib.load(configlib.resolve("tokenizer")).tokenizer
+    cfg = dataclasses.replace(cfg, tokenizer=tok)
+  return cfg
+
+
+def compile_step(cfg: Any, mesh: Any) -> tuple[Any, Any]:
+  """(compiled step, frozen tokenizer or None); a random tokenizer costs the
+  same as a trained one."""
+  import jax
+  from flax import nnx
+  from jaxworld.models import build
+  from jaxworld.parallel import mesh as meshlib
+  from jaxworld.train import step as steplib
+  frozen = None
+  if cfg.train.stage == "dynamics":
+    graphdef, state = nnx.split(build.tokenizer(cfg, nnx.Rngs(0)))
+    frozen = steplib.Frozen(graphdef, jax.device_put(
+        state, meshlib.param_shardings(state, mesh, cfg.mesh.rules)))
+  return steplib.compile_step(cfg, cfg.train.stage, mesh, frozen), frozen
+
+
+def random_batch(cfg: Any, shardings: Any) -> dict[str, Any]:
+  import numpy as np
+  from jaxworld.train import step as steplib
+  rng = np.random.default_rng(0)
+  spec = steplib.batch_spec(cfg, cfg.train.batch_size)
+  return steplib.device_batch(
+      {"frames": rng.integers(0, 256, spec["frames"].shape, np.uint8),
+       "actions": rng.integers(0, 5, spec["actions"].shape).astype(np.int32)},
+      shardings)
+
+
+def time_steps(compiled: Any, frozen: Any, batch: Any, steps: int) -> float:
+  """Seconds per step after one warm-up step."""
+  import time
+  import jax
+  state = compiled.init()
+  frozen_state = frozen.state if frozen is not None else None
+  state, m = compiled.step(state, frozen_state, batch)
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled.step(state, frozen_state, batch)
+  jax.block_until_ready(m)
+  return (time.perf_counter() - t0) / steps

@@ -1,0 +1,69 @@
+"""Per-device memory of the train step for each parallelism preset: 8
+devices against one.
+
+    python bench/parallel_memory.py [overrides...]
+
+Runs the dynamics stage (widened so the state dwarfs the small replicated
+tables) on 8 simulated CPU devices. Parameter and optimizer-state bytes per
+device come from each array's shard shape; temporaries from the compiled
+step's `memory_analysis()`. FSDP must keep <= 1.1/8 of one device's state.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import common
+
+common.simulate_cpu_devices(8)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from jaxworld.parallel import mesh as meshlib  # noqa: E402
+
+PRESETS = ("dp", "fsdp", "fsdp_tp", "tp_sp")
+MODEL = ["dynamics.backbone.width=512", "dynamics.backbone.depth=4",
+         "dynamics.backbone.num_heads=8"]
+
+
+def measure(cfg, devices) -> dict[str, float]:
+  mesh = meshlib.make_mesh(cfg.mesh, devices)
+  compiled, _ = common.compile_step(cfg, mesh)
+  from jaxworld.train import step as steplib
+  _, abstract = steplib.abstract_state(cfg, cfg.train.stage)
+  per_device = {"model": 0, "optimizer": 0}
+  for (path, var), (_, sh) in zip(nnx.to_flat_state(abstract),
+                                  nnx.to_flat_state(compiled.state_shardings)):
+    shard = sh.get_value().shard_shape(var.shape)
+    per_device[path[0]] += np.dtype(var.dtype).itemsize * int(np.prod(shard))
+  mem = compiled.step.memory_analysis()
+  return {"mesh": dict(mesh.shape), "params": per_device["model"],
+          "opt": per_device["optimizer"], "temps": mem.temp_size_in_bytes}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("overrides", nargs="*")
+  args = p.parse_args()
+  overrides = [*MODEL, *args.overrides]
+  one = measure(common.load("dynamics", overrides), jax.devices()[:1])
+  mib = lambda b: f"{b / 2**20:8.2f}"
+  print(f"dynamics {' '.join(overrides)}; MiB per device")
+  print("| preset | mesh (data, fsdp, sequence, tensor) | params | optimizer "
+        "| temps | state vs 1 device |")
+  print("|---|---|---|---|---|---|")
+  rows = [("1 device", one)]
+  for preset in PRESETS:
+    cfg = common.load("dynamics", [f"mesh.preset={preset}", *overrides])
+    rows.append((preset, measure(cfg, jax.devices())))
+  for name, r in rows:
+    ratio = (r["params"] + r["opt"]) / (one["params"] + one["opt"])
+    print(f"| {name} | {tuple(r['mesh'].values())} | {mib(r['params'])} | "
+          f"{mib(r['opt'])} | {mib(r['temps'])} | {ratio:.3f} "
+          f"({ratio * 8:.2f}/8) |")
+
+
+if __name__ == "__main__":
+  main()

@@ -83,8 +83,9 @@ class MeshConfig:
                         "positions, split; see docs/scaling.md).")
   tensor: int = field(1, "Tensor-parallel axis size (heads and MLP sharded).")
   dcn_data: int = field(1, "Of the data axis, how many ways it spans slices "
-                        "(or hosts, where devices have no slice) over the "
-                        "data-center network; the rest stays inside one.")
+                        "(or processes, when all devices share one slice) "
+                        "over the data-center network; the rest stays "
+                        "inside one.")
   dcn_fsdp: int = field(1, "Of the fsdp axis, how many ways it spans slices "
                         "over the data-center network.")
   rules: tuple = field((), "Logical axis name -> mesh axis, list of mesh "

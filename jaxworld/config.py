@@ -151,7 +151,16 @@ class TrainConfig:
   log_every: int = field(25, "Steps between progress lines / metric records.")
   checkpoint_every: int = field(250, "Steps between checkpoints (the last "
                                 "step is always saved).")
-  keep_checkpoints: int = field(3, "Checkpoints kept (older are deleted).")
+  keep_checkpoints: int = field(3, "Most recent checkpoints kept (older "
+                                "ones are deleted unless train.keep_every "
+                                "keeps them).")
+  keep_every: int = field(0, "Also keep every checkpoint whose step is a "
+                          "multiple of this, for good (0: none).")
+  init_from: str = field("", "Fine-tuning: a run directory of the same stage "
+                         "whose model parameters start this run (the "
+                         "optimizer starts fresh).")
+  init_step: int = field(0, "Checkpoint step of train.init_from (0: its "
+                         "latest).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,10 +379,11 @@ def validate(cfg: Config) -> None:
       "train.learning_rate": t.learning_rate}
   for key, value in positive.items():
     check(value > 0, f"{key}={value} must be positive.")
-  check(d.num_workers >= 0 and t.warmup_steps >= 0 and
-        cfg.rollout.temperature >= 0 and cfg.dynamics.tokenizer_step >= 0,
-        "data.num_workers, train.warmup_steps, rollout.temperature and "
-        "dynamics.tokenizer_step must be >= 0.")
+  check(min(d.num_workers, t.warmup_steps, cfg.rollout.temperature,
+            cfg.dynamics.tokenizer_step, t.keep_every, t.init_step) >= 0,
+        "data.num_workers, train.warmup_steps, rollout.temperature, "
+        "dynamics.tokenizer_step, train.keep_every and train.init_step must "
+        "be >= 0.")
   check(t.stage != "dynamics" or d.window >= 2,
         f"data.window={d.window}: the dynamics stage predicts frames from "
         f"earlier ones and needs a window of at least 2.")

@@ -48,10 +48,14 @@ def run(workdir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
   log.info("[demo 2/4] training the video tokenizer -> %s", tok_dir)
   tok = loop.train(tok_cfg, tok_dir, resume=True)
   seconds["tokenizer"] = tok["seconds"]
+  if tok["stopped_at"]:  # SIGTERM / Ctrl-C: saved; rerun the demo to go on
+    return tok
 
   log.info("[demo 3/4] training the action-conditioned dynamics -> %s", dyn_dir)
   dyn = loop.train(dyn_cfg, dyn_dir, resume=True)
   seconds["dynamics"] = dyn["seconds"]
+  if dyn["stopped_at"]:
+    return dyn
 
   log.info("[demo 4/4] imagining held-out episodes -> %s", root / "rollout")
   start = time.perf_counter()

@@ -6,29 +6,51 @@ Layout of a run directory (`--workdir`):
     checkpoints/<step>/state     model + optimizer (sharded arrays, async save)
     checkpoints/<step>/data      Grain iterator state (one file per process)
     checkpoints/<step>/config    the config again, so a step is self-contained
+    checkpoints_damaged/<step>   steps a resume found unreadable (kept, moved
+                                 aside so new saves are not blocked by them)
     metrics.jsonl, tb/           written by train/metrics.py
 
 The state is stored as a pure nested dict of arrays (`nnx.to_pure_dict`),
 independent of Flax's Variable classes, and restored straight into the
 shardings of the current mesh, which may differ from the one that saved it.
+
+Saves are atomic: Orbax writes `<step>.orbax-checkpoint-tmp`, puts
+`commit_success.txt` in it and renames it to `<step>` when every item is
+written; old steps are deleted only after that. An interrupted save leaves
+the tmp directory, which Orbax never lists as a step; we keep it until the
+same step is saved again (Orbax then replaces it, and we say so).
 """
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import logging
+import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jaxworld import config as configlib
 from jaxworld.errors import JaxWorldError
 
 log = logging.getLogger(__name__)
+
+UNFINISHED_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX
+COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE
+DAMAGED_DIR = "checkpoints_damaged"
+_MAX_LISTED = 20
+
+
+class DamagedStep(Exception):
+  """A step that cannot be read; the message says what is wrong with it."""
 
 
 def _restore_args(abstract_pure: Any, shardings_pure: Any) -> Any:
@@ -43,15 +65,179 @@ def _abstract(abstract_state: nnx.State, shardings: nnx.State) -> Any:
       nnx.to_pure_dict(abstract_state), nnx.to_pure_dict(shardings))
 
 
+def leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{"model/blocks/0/kernel": leaf} of a nested dict. Keys become strings,
+  as in Orbax's metadata, so saved and expected trees compare by path."""
+  if not isinstance(tree, Mapping):
+    return {} if tree is None else {prefix.rstrip("/"): tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(leaves(v, f"{prefix}{k}/"))
+  return out
+
+
+def describe(leaf: Any) -> str:
+  """`float32[32,64]` for an array or its metadata."""
+  dtype = getattr(leaf, "dtype", None)
+  shape = ",".join(map(str, getattr(leaf, "shape", ())))
+  return f"{np.dtype(dtype).name if dtype is not None else '?'}[{shape}]"
+
+
+def _problem(e: BaseException) -> str:
+  while e.__cause__ is not None:  # the root cause names the file and byte
+    e = e.__cause__
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+
+
+def step_problem(step_dir: Path, items: tuple[str, ...] = ("state", "data")
+                 ) -> str | None:
+  """What is visibly wrong with a finalized step directory, from its files."""
+  if not (step_dir / COMMIT_FILE).is_file():
+    return f"{COMMIT_FILE} is missing, so its save never finished"
+  for item in items:
+    if not (step_dir / item).is_dir():
+      return f"its {item!r} item is missing"
+  if not (step_dir / "state" / "_METADATA").is_file():
+    return "state/_METADATA is missing"
+  return None
+
+
+def saved_arrays(manager: ocp.CheckpointManager, step: int
+                 ) -> dict[str, Any]:
+  """{path: ArrayMetadata} of a step's state, read from its metadata only.
+
+  Raises DamagedStep when the metadata cannot be read.
+  """
+  try:
+    metadata = manager.item_metadata(step)["state"]
+  except Exception as e:  # pylint: disable=broad-except  # see _restore_step
+    raise DamagedStep(
+        f"its state metadata cannot be read ({_problem(e)})") from e
+  if metadata is None:
+    raise DamagedStep("its state metadata cannot be read")
+  return leaves(getattr(metadata, "tree", metadata))
+
+
+def check_compatible(saved: dict[str, Any], expected: dict[str, Any],
+                     where: str, prefix: str = "") -> None:
+  """Raises one JaxWorldError listing every leaf whose shape or dtype differs.
+
+  `saved` and `expected` map paths to arrays or their metadata; only saved
+  paths under `prefix` are compared (e.g. "model/" for the parameters only).
+  """
+  saved = {k: v for k, v in saved.items() if k.startswith(prefix)}
+  lines = []
+  for path in sorted(expected.keys() | saved.keys()):
+    mine, theirs = expected.get(path), saved.get(path)
+    if theirs is None:
+      lines.append(f"{path}: not in the checkpoint (expected "
+                   f"{describe(mine)})")
+    elif mine is None:
+      lines.append(f"{path}: saved {describe(theirs)}, not in this model")
+    elif (tuple(theirs.shape) != tuple(mine.shape)
+          or np.dtype(theirs.dtype) != np.dtype(mine.dtype)):
+      lines.append(f"{path}: saved {describe(theirs)}, expected "
+                   f"{describe(mine)}")
+  if not lines:
+    return
+  shown = lines[:_MAX_LISTED]
+  if len(lines) > _MAX_LISTED:
+    shown.append(f"... and {len(lines) - _MAX_LISTED} more")
+  raise JaxWorldError(
+      f"{where} was written by a different model config: {len(lines)} of "
+      f"{len(expected.keys() | saved.keys())} arrays differ:\n  "
+      + "\n  ".join(shown) + "\nUse the config that run was trained with "
+      f"(its config.json), or start a new --workdir.")
+
+
+def _item_handlers() -> dict[str, Any]:
+  # Named up front so that a fresh manager can read a step's metadata before
+  # (or without) restoring it.
+  return {"state": ocp.PyTreeCheckpointHandler(),
+          "data": grain.checkpoint.CheckpointHandler(),
+          "config": ocp.JsonCheckpointHandler()}
+
+
+def _collect_failed_reads() -> None:
+  """After a failed restore Orbax leaves the coroutines of its other reads
+  behind; collected later, each prints its whole TensorStore spec to stderr.
+  The step's problem is already reported: collect them now, to the debug
+  log."""
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda u: log.debug("after a failed restore: %s",
+                                           u.exc_value)
+  try:
+    gc.collect()
+  finally:
+    sys.unraisablehook = hook
+
+
+def _everywhere(ok: bool) -> bool:
+  """True if `ok` on every process: all processes take the same fallback."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, where: str,
+                  target: Any, shardings_pure: Any, data_iterator: Any = None,
+                  model_only: bool = False) -> Any:
+  """Checks, then restores one step's state (a pure dict) and, if given, the
+  data iterator (in place). Raises DamagedStep for an unreadable step and
+  JaxWorldError for one written by a different config."""
+  items = ("state",) if data_iterator is None else ("state", "data")
+  problem = step_problem(Path(manager.directory) / str(step), items)
+  if problem:
+    raise DamagedStep(problem)
+  check_compatible(saved_arrays(manager, step), leaves(target), where,
+                   "model/" if model_only else "")
+  args = {"state": ocp.args.PyTreeRestore(
+      item=target, restore_args=_restore_args(target, shardings_pure),
+      partial_restore=model_only)}
+  if data_iterator is not None:
+    args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+  # Reading a damaged step can raise anything: Orbax re-raises tensorstore's
+  # OUT_OF_RANGE for a truncated file as a bare Exception, a truncated JSON
+  # file gives a ValueError, a missing item a KeyError.
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedStep(_problem(e)) from e
+
+
+def _attempt(restore: Any) -> tuple[Any, str | None]:
+  """(restore(), None), or (None, the problem) for a damaged step."""
+  try:
+    return restore(), None
+  except DamagedStep as e:
+    problem = str(e)
+  _collect_failed_reads()  # out here, no traceback holds them any more
+  return None, problem
+
+
 class Checkpoints:
   """Saves and restores one run's checkpoints."""
 
-  def __init__(self, workdir: str | Path, keep: int = 3):
-    self.directory = Path(workdir).absolute() / "checkpoints"
+  def __init__(self, workdir: str | Path, keep: int = 3, keep_every: int = 0,
+               async_save: bool = True):
+    """Keeps the last `keep` steps plus every step divisible by `keep_every`
+    (0: none) for good. `async_save=False` makes save() block until written
+    (for benchmarks)."""
+    self.workdir = Path(workdir).absolute()
+    self.directory = self.workdir / "checkpoints"
+    policies = [ocp.checkpoint_managers.LatestN(keep)]
+    if keep_every:
+      policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))
     self.manager = ocp.CheckpointManager(
-        self.directory,
+        self.directory, item_handlers=_item_handlers(),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=True))
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                policies),
+            # Unfinished saves are evidence; they are replaced only when the
+            # same step is saved again (see save()), never swept at start.
+            cleanup_tmp_directories=False,
+            create=True, enable_async_checkpointing=async_save))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -59,24 +245,92 @@ class Checkpoints:
   def save(self, step: int, state: nnx.State, data_iterator: Any,
            cfg: configlib.Config) -> None:
     """Starts an async save; training continues while arrays are written."""
+    unfinished = self.directory / f"{step}{UNFINISHED_SUFFIX}"
+    if jax.process_index() == 0 and unfinished.exists():
+      log.warning("replacing %s, an earlier save of step %d that never "
+                  "finished", unfinished, step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(nnx.to_pure_dict(state)),
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(configlib.to_dict(cfg))))
 
+  def _restore(self, step: int, abstract_state: nnx.State,
+               shardings: nnx.State, data_iterator: Any) -> nnx.State:
+    restored = _restore_step(
+        self.manager, step, f"The checkpoint at step {step} of {self.workdir}",
+        _abstract(abstract_state, shardings), nnx.to_pure_dict(shardings),
+        data_iterator)
+    state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy
+    nnx.replace_by_pure_dict(state, restored)
+    return state
+
   def restore(self, step: int, abstract_state: nnx.State,
               shardings: nnx.State, data_iterator: Any) -> nnx.State:
     """Restores state (into `shardings`) and the data iterator, in place."""
-    target = _abstract(abstract_state, shardings)
-    with _named_errors(self.directory.parent, step):
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(
-              item=target,
-              restore_args=_restore_args(target, nnx.to_pure_dict(shardings))),
-          data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy
-    nnx.replace_by_pure_dict(state, restored["state"])
+    state, problem = _attempt(lambda: self._restore(
+        step, abstract_state, shardings, data_iterator))
+    if problem:
+      raise JaxWorldError(
+          f"Cannot restore step {step} of {self.workdir}: {problem}. An "
+          f"earlier step may still be readable (`jaxworld ckpt list "
+          f"--workdir {self.workdir}`).")
     return state
+
+  def restore_latest(self, abstract_state: nnx.State, shardings: nnx.State,
+                     data_iterator: Any, max_step: int | None = None
+                     ) -> tuple[int, nnx.State] | None:
+    """(step, state) of the newest readable step (<= max_step); None if the
+    run has no step.
+
+    A damaged step is skipped with a warning that names it and the problem,
+    and once an older step restores it is moved to <workdir>/
+    checkpoints_damaged/, so that saving that step again is not blocked by
+    it. Data iterator: each attempt sets its whole state again, so a failed
+    attempt leaves nothing behind. Raises JaxWorldError if every step is
+    damaged (listing each problem; nothing is moved) or if a step was written
+    by a different config (listing the mismatched arrays).
+    """
+    for unfinished in sorted(self.directory.glob(f"*{UNFINISHED_SUFFIX}*")):
+      log.warning("ignoring %s: a save that never finished (kept until that "
+                  "step is saved again)", unfinished)
+    steps = sorted((s for s in self.manager.all_steps()
+                    if max_step is None or s <= max_step), reverse=True)
+    problems: dict[int, str] = {}
+    for step in steps:
+      state, problem = _attempt(lambda step=step: self._restore(
+          step, abstract_state, shardings, data_iterator))
+      if problem:
+        problems[step] = problem
+      if not _everywhere(problem is None):
+        problems.setdefault(step, "it could not be read on another process")
+        log.warning("checkpoint step %d of %s is damaged: %s; trying an "
+                    "older step", step, self.workdir, problems[step])
+        continue
+      self._move_aside(problems)
+      return step, state
+    if not problems:
+      return None
+    raise JaxWorldError(
+        f"No checkpoint of {self.workdir} can be restored:\n  "
+        + "\n  ".join(f"step {s}: {p}" for s, p in problems.items())
+        + "\nStart a new --workdir; nothing here was changed.")
+
+  def _move_aside(self, problems: dict[int, str]) -> None:
+    """Moves damaged steps to <workdir>/checkpoints_damaged/ (never deletes)."""
+    if not problems:
+      return
+    if jax.process_index() == 0:
+      for step in problems:
+        dest = self.workdir / DAMAGED_DIR / str(step)
+        if dest.exists():
+          dest = dest.with_name(f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        dest.parent.mkdir(exist_ok=True)
+        (self.directory / str(step)).rename(dest)
+        log.warning("moved damaged checkpoint step %d to %s; delete it when "
+                    "you no longer need it", step, dest)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("jaxworld: damaged steps moved")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -85,9 +339,9 @@ class Checkpoints:
     self.manager.close()
 
 
-def _read_only_manager(workdir: str | Path) -> ocp.CheckpointManager:
+def read_only_manager(workdir: str | Path) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      Path(workdir).absolute() / "checkpoints",
+      Path(workdir).absolute() / "checkpoints", item_handlers=_item_handlers(),
       options=ocp.CheckpointManagerOptions(create=False, read_only=True))
 
 
@@ -95,7 +349,7 @@ def saved_steps(workdir: str | Path) -> list[int]:
   """Steps with a complete checkpoint in a run directory (oldest first)."""
   if not (Path(workdir) / "checkpoints").is_dir():
     return []
-  with _read_only_manager(workdir) as manager:
+  with read_only_manager(workdir) as manager:
     return sorted(manager.all_steps())
 
 
@@ -108,29 +362,18 @@ def restore_model(workdir: str | Path, abstract_model: nnx.State,
         f"{workdir} has no checkpoint at step {step} (it has "
         f"{steps or 'none'}). Train that run first, or pick a kept step.")
   target = {"model": _abstract(abstract_model, shardings)}
-  with _read_only_manager(workdir) as manager, _named_errors(workdir, step):
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-            item=target,
-            restore_args={"model": _restore_args(
-                target["model"], nnx.to_pure_dict(shardings))},
-            partial_restore=True)))
-  state = jax.tree.map(lambda x: x, abstract_model)
-  nnx.replace_by_pure_dict(state, restored["state"]["model"])
-  return state
-
-
-@contextlib.contextmanager
-def _named_errors(workdir: str | Path, step: int):
-  """A damaged or mismatched checkpoint becomes one clear error."""
-  try:
-    yield
-  except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+  with read_only_manager(workdir) as manager:
+    restored, problem = _attempt(lambda: _restore_step(
+        manager, step, f"The checkpoint at step {step} of {workdir}", target,
+        {"model": nnx.to_pure_dict(shardings)}, model_only=True))
+  if problem:
     raise JaxWorldError(
-        f"Cannot restore step {step} of {workdir}: {type(e).__name__}: "
-        f"{str(e)[:300]}. The checkpoint is damaged or was written by a "
-        f"different model config; delete that step directory to fall back "
-        f"to an earlier one, or start a new --workdir.") from e
+        f"Cannot restore step {step} of {workdir}: {problem}. The checkpoint "
+        f"is damaged; pick another step (`jaxworld ckpt list --workdir "
+        f"{workdir}`).")
+  state = jax.tree.map(lambda x: x, abstract_model)
+  nnx.replace_by_pure_dict(state, restored["model"])
+  return state
 
 
 def read_config(workdir: str | Path) -> configlib.Config:

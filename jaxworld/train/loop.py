@@ -26,16 +26,21 @@ from jaxworld.data import pipeline, records
 from jaxworld.errors import JaxWorldError
 from jaxworld.models import build
 from jaxworld.parallel import mesh as meshlib
-from jaxworld.train import checkpoint, metrics, step as steplib
+from jaxworld.train import checkpoint, metrics, preemption
+from jaxworld.train import step as steplib
 
 log = logging.getLogger(__name__)
 
 # Keys that may change when a run is resumed (e.g. to train it for longer).
 # train.steps may grow: the learning-rate schedule is then stretched to the
 # new length from the resumed step on. data.num_workers may not change: the
-# iterator state of worker processes is per worker.
+# iterator state of worker processes is per worker. The mesh may change
+# (checkpoints restore into any layout): the global batch, and so the data
+# stream, stays the same.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "data.prefetch", "data.path")
+                     "train.keep_checkpoints", "train.keep_every",
+                     "train.init_from", "train.init_step", "data.prefetch",
+                     "data.path", "mesh.")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -59,13 +64,14 @@ def _check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:
   old = _flat(configlib.to_dict(configlib.load(saved)))
   new = _flat(configlib.to_dict(cfg))
   changed = [k for k in new if old.get(k) != new[k]
-             and k not in RESUMABLE_CHANGES]
+             and not k.startswith(RESUMABLE_CHANGES)]
   if changed:
+    allowed = ", ".join(k + "*" if k.endswith(".") else k
+                        for k in RESUMABLE_CHANGES)
     raise JaxWorldError(
         f"Cannot resume {workdir}: the config differs from the one it was "
         f"started with in {', '.join(changed)}. Resume with the same config "
-        f"(only {', '.join(RESUMABLE_CHANGES)} may change) or start a new "
-        f"--workdir.")
+        f"(only {allowed} may change) or start a new --workdir.")
 
 
 def _check_data(cfg: Config) -> Path:
@@ -140,6 +146,37 @@ def _frozen_tokenizer(cfg: Config, mesh: Any) -> steplib.Frozen | None:
   return steplib.Frozen(graphdef, state)
 
 
+def _init_step(cfg: Config) -> int | None:
+  """Fine-tuning: checks train.init_from and returns its step (None when
+  the run starts from a fresh initialisation)."""
+  t = cfg.train
+  if not t.init_from:
+    return None
+  source = checkpoint.read_config(t.init_from)
+  if source.train.stage != t.stage:
+    raise JaxWorldError(
+        f"train.init_from={t.init_from} is a {source.train.stage} run, but "
+        f"this run trains the {t.stage}. Start from a {t.stage} run.")
+  steps = checkpoint.saved_steps(t.init_from)
+  step = t.init_step or (steps[-1] if steps else None)
+  if step not in steps:
+    raise JaxWorldError(
+        f"train.init_from={t.init_from} has no checkpoint at step "
+        f"{step or '(latest)'}; it has {steps or 'none'}.")
+  return step
+
+
+def _init_from(cfg: Config, step: int, shardings: nnx.State) -> nnx.State:
+  """The model parameters of another run of this stage (mismatched shapes
+  are reported leaf by leaf by the checkpoint module)."""
+  _, abstract = steplib.abstract_state(cfg, cfg.train.stage)
+  model = checkpoint.restore_model(cfg.train.init_from, abstract["model"],
+                                   shardings, step)
+  log.info("model parameters from %s (step %d); fresh optimizer",
+           cfg.train.init_from, step)
+  return model
+
+
 def _resume_step(workdir: Path, steps: int, resume: bool) -> int | None:
   """The checkpoint step to resume from (None: start fresh)."""
   saved = checkpoint.saved_steps(workdir) if resume else []
@@ -185,6 +222,7 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
   cfg = _with_tokenizer_config(cfg, workdir, resume)
   _check_workdir(cfg, workdir, resume)
   data_root = _check_data(cfg)
+  init_step = _init_step(cfg)
   mesh = meshlib.make_mesh(cfg.mesh)
   per_process_batch = meshlib.check_batch(cfg.train.batch_size, mesh,
                                          cfg.mesh.rules)
@@ -193,7 +231,7 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
   if start == t.steps:
     log.info("%s already finished %d steps; nothing to do", workdir, t.steps)
     return {"stage": stage, "steps": t.steps, "metrics": _last_logged(workdir),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "stopped_at": None}
   if jax.process_count() > 1:
     # Every process has checked the workdir before any process writes to it.
     multihost_utils.sync_global_devices("jaxworld: inputs checked")
@@ -203,36 +241,52 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
   log.info("compiled %s step in %.1fs (%s)", stage, time.perf_counter() - t0,
            compiled.memory)
   with contextlib.ExitStack() as stack:
+    # First in, last out: a signal during restore or the final save still
+    # means "save and stop", not a traceback.
+    stop = stack.enter_context(preemption.StopRequest())
     data = iter(pipeline.train_dataset(
         cfg.data, data_root, per_process_batch, jax.process_index(),
         jax.process_count()))
     if hasattr(data, "close"):  # worker processes
       stack.callback(data.close)
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints)
+    ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, t.keep_every)
     stack.callback(ckpts.close)
     stack.callback(ckpts.wait)  # runs first: finish pending saves
-    if start is not None:
+    found = None
+    if start is not None:  # the newest valid step; damaged ones are skipped
       _, abstract = steplib.abstract_state(cfg, stage)
-      state = ckpts.restore(start, abstract, compiled.state_shardings, data)
+      found = ckpts.restore_latest(abstract, compiled.state_shardings, data,
+                                   max_step=t.steps)
+    if found is not None:
+      start, state = found
       log.info("resumed %s from step %d", workdir, start)
     else:
       start = 0
       state = compiled.init()
+      if init_step is not None:
+        state["model"] = _init_from(cfg, init_step,
+                                    compiled.state_shardings["model"])
       if jax.process_index() == 0:
         configlib.save(cfg, workdir / "config.json")
     _log_model(state, compiled.state_shardings, mesh, stage, workdir)
     logger = metrics.MetricLogger(workdir, stage, t.steps, start)
     stack.callback(logger.close)
-    last = _run_steps(cfg, compiled, state, frozen, data, ckpts, logger, start)
+    last, stopped_at = _run_steps(cfg, compiled, state, frozen, data, ckpts,
+                                  logger, start, stop)
   return {"stage": stage, "steps": t.steps, "metrics": last,
-          "seconds": time.perf_counter() - t0}
+          "seconds": time.perf_counter() - t0, "stopped_at": stopped_at,
+          "stopped_by": stop.signal_name if stopped_at else None}
 
 
 def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
                frozen: steplib.Frozen | None, data: Any,
                ckpts: checkpoint.Checkpoints, logger: metrics.MetricLogger,
-               start: int) -> dict[str, float]:
+               start: int, stop: preemption.StopRequest
+               ) -> tuple[dict[str, float], int | None]:
+  """Steps `start`..train.steps; returns the last logged metrics and the step
+  at which a stop request (SIGTERM, Ctrl-C) ended training early, if one did.
+  """
   t = cfg.train
   frozen_state = frozen.state if frozen is not None else None
   last: dict[str, float] = {}
@@ -246,8 +300,9 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
       if i == start:
         jax.block_until_ready(step_metrics)
         logger.start_clock(done)
-      log_now = done % t.log_every == 0 or done == t.steps
-      save_now = done % t.checkpoint_every == 0 or done == t.steps
+      stopping = stop.reached(done)
+      log_now = done % t.log_every == 0 or done == t.steps or stopping
+      save_now = done % t.checkpoint_every == 0 or done == t.steps or stopping
       if log_now:
         last = logger.write(done, step_metrics)
       if log_now or save_now:  # never checkpoint a diverged state
@@ -259,4 +314,9 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
               f"train.grad_clip, or raise train.warmup_steps.")
       if save_now:
         ckpts.save(done, state, data, cfg)
-  return last
+      if stopping and done < t.steps:
+        log.warning("stopped by %s after step %d of %d; checkpoint saved. "
+                    "Continue with the same command and --resume.",
+                    stop.signal_name, done, t.steps)
+        return last, done
+  return last, None

@@ -1,0 +1,240 @@
+"""Checkpoints: damage falls back with a warning, bad shapes get a list,
+retention, and the `ckpt list` / `ckpt show` data. A two-layer state and a
+Grain range iterator keep every test to a second or two."""
+
+import json
+import logging
+import shutil
+
+import grain
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from flax import nnx
+
+from conftest import tiny_config
+from jaxworld import config as configlib
+from jaxworld.errors import JaxWorldError
+from jaxworld.train import checkpoint, ckpt_info
+from jaxworld.train.step import TrainState
+
+CFG = tiny_config()
+
+
+def _train_state(features: int = 32, bias: float = 0.0) -> TrainState:
+  model = nnx.Linear(16, features, rngs=nnx.Rngs(0))
+  model.bias[...] = jnp.full((features,), bias)
+  return TrainState(model, optax.adam(1e-3))
+
+
+def _abstract(features: int = 32):
+  _, abstract = nnx.split(nnx.eval_shape(lambda: _train_state(features)))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return abstract, jax.tree.map(lambda _: device, abstract)
+
+
+def _data():
+  return iter(grain.MapDataset.range(100).to_iter_dataset())
+
+
+def _save(workdir, steps, keep=10, keep_every=0):
+  """Saves `steps`; at step s the bias is s and the data is at element s."""
+  data = _data()
+  ckpts = checkpoint.Checkpoints(workdir, keep, keep_every)
+  consumed = 0
+  for step in steps:
+    while consumed < step:
+      next(data)
+      consumed += 1
+    ckpts.save(step, nnx.state(_train_state(bias=step)), data, CFG)
+  ckpts.wait()
+  ckpts.close()
+
+
+def _restore_latest(workdir, features=32, **kwargs):
+  abstract, shardings = _abstract(features)
+  data = _data()
+  ckpts = checkpoint.Checkpoints(workdir)
+  try:
+    found = ckpts.restore_latest(abstract, shardings, data, **kwargs)
+  finally:
+    ckpts.close()
+  return found, data
+
+
+def _truncate(path):  # as a full disk or a killed copy leaves a file
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+
+
+def _truncate_arrays(step_dir):
+  """Truncates the largest OCDBT data file: it holds the kernel's values
+  (values under ~100 bytes are inlined in the b-tree and read from
+  elsewhere)."""
+  files = [p for p in (step_dir / "state").rglob("d/*") if p.is_file()]
+  _truncate(max(files, key=lambda p: p.stat().st_size))
+
+
+DAMAGE = {
+    "truncated array files": (
+        _truncate_arrays, "OUT_OF_RANGE: Error reading \"model.kernel"),
+    "truncated state metadata": (
+        lambda d: _truncate(d / "state" / "_METADATA"), "metadata"),
+    "truncated iterator state": (
+        lambda d: _truncate(d / "data" / "process_0-of-1.json"),
+        "JSONDecodeError"),
+    "missing data item": (
+        lambda d: shutil.rmtree(d / "data"), "'data' item is missing"),
+    "no commit marker": (
+        lambda d: (d / checkpoint.COMMIT_FILE).unlink(), "never finished"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_newest_step_falls_back_with_warning(tmp_path, caplog,
+                                                     damage):
+  _save(tmp_path, [1, 2])
+  harm, named = DAMAGE[damage]
+  harm(tmp_path / "checkpoints" / "2")
+  abstract, shardings = _abstract()
+  data = _data()
+  ckpts = checkpoint.Checkpoints(tmp_path)
+  with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+    step, state = ckpts.restore_latest(abstract, shardings, data)
+  assert step == 1
+  assert float(state["model"]["bias"][0]) == 1.0
+  assert next(data) == 1  # the iterator is where step 1 left it
+  warning = "\n".join(r.getMessage() for r in caplog.records)
+  assert "step 2" in warning and named in warning
+  # Moved aside, not deleted, so that the resumed run can save step 2 again.
+  assert (tmp_path / checkpoint.DAMAGED_DIR / "2").is_dir()
+  assert checkpoint.saved_steps(tmp_path) == [1]
+  ckpts.save(2, nnx.state(_train_state(bias=2)), data, CFG)
+  ckpts.close()
+  assert checkpoint.saved_steps(tmp_path) == [1, 2]
+  assert _restore_latest(tmp_path)[0][0] == 2
+  assert [r["status"][:11] for r in ckpt_info.list_steps(tmp_path)] == [
+      "ok", "ok", "moved aside"]
+
+
+def test_unfinished_save_is_ignored_and_kept(tmp_path, caplog):
+  _save(tmp_path, [1, 2])
+  # What an interrupted save leaves: the tmp directory Orbax writes into; its
+  # commit file is written just before the rename that finalizes it.
+  unfinished = tmp_path / "checkpoints" / f"3{checkpoint.UNFINISHED_SUFFIX}"
+  shutil.copytree(tmp_path / "checkpoints" / "2", unfinished)
+  (unfinished / checkpoint.COMMIT_FILE).unlink()
+  assert checkpoint.saved_steps(tmp_path) == [1, 2]
+  with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+    (step, _), _ = _restore_latest(tmp_path)
+  assert step == 2 and unfinished.is_dir()
+  assert unfinished.name in caplog.text and "never finished" in caplog.text
+  rows = ckpt_info.list_steps(tmp_path)
+  assert [(r["step"], r["status"]) for r in rows] == [
+      (1, "ok"), (2, "ok"), (3, "unfinished save (ignored)")]
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+    _save(tmp_path, [3])  # replaces it, and says so
+  assert "replacing" in caplog.text and not unfinished.exists()
+  assert checkpoint.saved_steps(tmp_path) == [1, 2, 3]
+
+
+def test_every_step_damaged_is_one_clear_error(tmp_path):
+  _save(tmp_path, [1, 2])
+  shutil.rmtree(tmp_path / "checkpoints" / "2" / "data")
+  _truncate_arrays(tmp_path / "checkpoints" / "1")
+  with pytest.raises(JaxWorldError) as e:
+    _restore_latest(tmp_path)
+  assert "step 2: its 'data' item is missing" in str(e.value)
+  assert "step 1: " in str(e.value) and "new --workdir" in str(e.value)
+  assert checkpoint.saved_steps(tmp_path) == [1, 2]  # nothing was moved
+  assert not (tmp_path / checkpoint.DAMAGED_DIR).exists()
+
+
+def test_no_steps_and_max_step(tmp_path):
+  assert _restore_latest(tmp_path)[0] is None
+  _save(tmp_path, [1, 2])
+  assert _restore_latest(tmp_path, max_step=1)[0][0] == 1
+
+
+def test_other_config_lists_mismatched_arrays_without_fallback(tmp_path,
+                                                               caplog):
+  _save(tmp_path, [1, 2])
+  with pytest.raises(JaxWorldError) as e:
+    _restore_latest(tmp_path, features=33)
+  message = str(e.value)
+  assert "step 2" in message and "different model config" in message
+  assert ("model/kernel: saved float32[16,32], expected float32[16,33]"
+          in message)
+  assert "model/bias: saved float32[32], expected float32[33]" in message
+  assert "optimizer/opt_state/0/mu/kernel" in message  # the Adam moments too
+  # No fallback: every step would mismatch.
+  assert not [r for r in caplog.records if r.name == checkpoint.__name__]
+  assert checkpoint.saved_steps(tmp_path) == [1, 2]
+  abstract, shardings = _abstract(33)
+  with pytest.raises(JaxWorldError, match="model/kernel: saved float32"):
+    checkpoint.restore_model(tmp_path, abstract["model"], shardings["model"],
+                             2)
+  ckpts = checkpoint.Checkpoints(tmp_path)
+  with pytest.raises(JaxWorldError, match="model/bias: saved float32"):
+    ckpts.restore(2, abstract, shardings, _data())
+  ckpts.close()
+
+
+def test_restore_of_a_named_step_and_its_damage(tmp_path):
+  _save(tmp_path, [1, 2])
+  abstract, shardings = _abstract()
+  ckpts = checkpoint.Checkpoints(tmp_path)
+  data = _data()
+  state = ckpts.restore(1, abstract, shardings, data)
+  assert float(state["model"]["bias"][0]) == 1.0 and next(data) == 1
+  model = checkpoint.restore_model(tmp_path, abstract["model"],
+                                   shardings["model"], 2)
+  assert float(model["bias"][0]) == 2.0
+  _truncate_arrays(tmp_path / "checkpoints" / "2")
+  with pytest.raises(JaxWorldError, match="Cannot restore step 2.*OUT_OF_"):
+    checkpoint.restore_model(tmp_path, abstract["model"], shardings["model"],
+                             2)
+  with pytest.raises(JaxWorldError, match="Cannot restore step 2.*OUT_OF_"):
+    ckpts.restore(2, abstract, shardings, _data())
+  ckpts.close()
+  assert checkpoint.saved_steps(tmp_path) == [1, 2]  # a named step stays
+
+
+def test_retention_keeps_last_k_and_every_mth(tmp_path):
+  _save(tmp_path, range(1, 11), keep=2, keep_every=4)
+  assert checkpoint.saved_steps(tmp_path) == [4, 8, 9, 10]
+
+
+def test_list_and_show(tmp_path):
+  _save(tmp_path, [2, 4])
+  (tmp_path / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "stage": "tokenizer", "time": 0.0,
+                  "loss": 1.0 / s}) + "\n" for s in (1, 2, 3, 4)))
+  rows = ckpt_info.list_steps(tmp_path)
+  assert [r["step"] for r in rows] == [2, 4]
+  for r in rows:
+    step_dir = tmp_path / "checkpoints" / str(r["step"])
+    assert r["bytes"] == sum(p.stat().st_size for p in step_dir.rglob("*")
+                             if p.is_file()) > 0
+    assert r["metrics"] == {"loss": 1.0 / r["step"]}
+    assert r["status"] == "ok" and r["time"] > 0
+  table = ckpt_info.format_list(rows)
+  assert table.splitlines()[0].split() == ["step", "saved", "size", "loss",
+                                           "status"]
+  assert "0.25" in table.splitlines()[2]
+
+  info = ckpt_info.show(tmp_path, 4)
+  pure = nnx.to_pure_dict(nnx.state(_train_state()))
+  arrays = jax.tree.leaves(pure)
+  assert info["config"] == configlib.to_dict(CFG)
+  assert info["arrays"] == len(arrays)
+  assert info["array_bytes"] == sum(a.nbytes for a in arrays)
+  assert info["model_params"] == 16 * 32 + 32
+  assert info["optimizer_state"] and info["bytes"] == rows[1]["bytes"]
+  text = ckpt_info.format_show(info)
+  assert "model 544 parameters" in text and "optimizer state present" in text
+  assert '"train": {' in text
+  with pytest.raises(JaxWorldError, match=r"has no checkpoint at step 3"):
+    ckpt_info.show(tmp_path, 3)

@@ -4,6 +4,8 @@
     jaxworld data generate [CONFIG] --out DIR [overrides...] [--overwrite]
     jaxworld train CONFIG --workdir DIR [overrides...] [--resume]
     jaxworld rollout --workdir DIR [--out DIR] [--episodes N]
+    jaxworld export --workdir DIR [--out BUNDLE] [--dtype bfloat16]
+    jaxworld ckpt list|show --workdir DIR [--step N]
     jaxworld config [CONFIG] [overrides...] [--fields]
 
 CONFIG is a .toml path or a name in configs/ (tokenizer, dynamics);
@@ -58,6 +60,22 @@ def _parser() -> argparse.ArgumentParser:
   roll.add_argument("--data", default=None, help="Dataset directory (default:"
                     " the run's data.path).")
 
+  ckpt = sub.add_parser("ckpt", help="A run's checkpoints: list the steps "
+                        "(size, metrics) or show one (config, arrays).")
+  ckpt.add_argument("action", choices=("list", "show"))
+  ckpt.add_argument("--workdir", required=True)
+  ckpt.add_argument("--step", type=int, default=None,
+                    help="For show (default: the latest).")
+
+  export = sub.add_parser("export", help="Write a standalone inference "
+                          "bundle of a dynamics run (params, config, "
+                          "serialized jax.export functions).")
+  export.add_argument("--workdir", required=True, help="A dynamics run.")
+  export.add_argument("--out", default=None,
+                      help="Bundle directory (default: <workdir>/export).")
+  export.add_argument("--dtype", choices=("float32", "bfloat16"),
+                      default="float32", help="Parameter dtype.")
+
   cfg = sub.add_parser("config", help="Print a resolved config, or every "
                        "field with its meaning.")
   cfg.add_argument("config", nargs="?", default=None)
@@ -85,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       datefmt="%H:%M:%S")
   for noisy in ("absl", "jax._src", "orbax", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  # Orbax warns through absl about routine settings (a read-only manager
+  # "setting save_interval_steps=0"); jaxworld reports checkpoint problems
+  # itself, in its own words.
+  logging.getLogger("absl").setLevel(logging.ERROR)
 
   # Heavy imports only after argument parsing, so --help is instant.
   from jaxworld import config as configlib
@@ -103,11 +125,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 3
 
 
+def _stopped_status(result: dict, how_to_continue: str = "Run the same "
+                    "command with --resume to continue.") -> int:
+  """0 for a finished run; EXIT_PREEMPTED after a save on SIGTERM/Ctrl-C."""
+  if not result.get("stopped_at"):
+    return 0
+  from jaxworld.train import preemption
+  print(f"jaxworld: stopped by {result['stopped_by']} at step "
+        f"{result['stopped_at']}; a checkpoint of that step is saved. "
+        f"{how_to_continue}", file=sys.stderr)
+  return preemption.EXIT_PREEMPTED
+
+
 def _run(args: argparse.Namespace, configlib) -> int:
   from jaxworld.errors import JaxWorldError
   if args.command == "demo":
     from jaxworld import demo
     summary = demo.run(args.workdir, args.overrides)
+    if summary.get("stopped_at"):
+      return _stopped_status(summary, "Run the same demo command again to "
+                             "continue where it stopped.")
     return 0 if summary["passed"] else 1
   if args.command == "config":
     if args.fields:
@@ -131,13 +168,24 @@ def _run(args: argparse.Namespace, configlib) -> int:
                           "overrides, e.g. `jaxworld train tokenizer "
                           "train.steps=100 --workdir runs/tok`.")
     cfg = configlib.load(configlib.resolve(args.config), args.overrides)
-    loop.train(cfg, args.workdir, args.resume)
-    return 0
+    result = loop.train(cfg, args.workdir, args.resume)
+    return _stopped_status(result)
   if args.command == "rollout":
     from jaxworld.infer import rollout
     result = rollout.run(args.workdir, args.out, args.data, args.episodes)
     print(json.dumps({k: v for k, v in result.items() if k != "per_step"},
                      indent=2))
+    return 0
+  if args.command == "ckpt":
+    from jaxworld.train import ckpt_info
+    if args.action == "list":
+      print(ckpt_info.format_list(ckpt_info.list_steps(args.workdir)))
+    else:
+      print(ckpt_info.format_show(ckpt_info.show(args.workdir, args.step)))
+    return 0
+  if args.command == "export":
+    from jaxworld.infer import export
+    print(export.export_run(args.workdir, args.out, args.dtype))
     return 0
   raise AssertionError(args.command)
 

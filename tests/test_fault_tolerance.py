@@ -85,10 +85,14 @@ def test_sigkill_then_resume_is_bit_identical(tiny_dataset, reference,
   proc = _start(tiny_dataset, run, *args)
   try:
     _wait_for_step(proc, run, kill_after)
+    # Saves are async: make sure one has landed, so the resume restores one.
+    deadline = time.monotonic() + 60
+    while not ((run / "checkpoints").is_dir() and _saved(run)):
+      assert time.monotonic() < deadline and proc.poll() is None
+      time.sleep(0.01)
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-  assert _saved(run), "nothing was saved before the kill"
   assert cli.main(_args(tiny_dataset, run, *args) + ["--resume"]) == 0
   expected = _losses(reference)
   got = _losses(run)

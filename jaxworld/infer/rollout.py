@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -65,17 +64,23 @@ def load_world_model(workdir: str | Path
 def rollout(cfg: Config, dynamics: nnx.Module, tokenizer: nnx.Module,
             frames_ETHWC: np.ndarray, actions_ET: np.ndarray
             ) -> dict[str, np.ndarray]:
-  """Imagined, reconstructed and copy-last frames (uint8) for the horizon."""
+  """Imagined, reconstructed and copy-last frames (uint8) for the horizon.
+
+  frames_ETHWC: uint8 [episodes, >= context + horizon, H, W, C];
+  actions_ET: int [episodes, >= context + horizon].
+  """
   r, window = cfg.rollout, cfg.data.window
   c, h = r.context_frames, r.horizon
   frames_ETHWC = frames_ETHWC[:, :c + h]
-  tokens_ETN = sampler.encode_frames(tokenizer, jnp.asarray(frames_ETHWC),
-                                     window)
+  # Per-frame programs shared with `jaxworld export`: an exported bundle
+  # replays exactly these calls (examples/play_bundle.py).
+  tokens_ETN = sampler.encode_frames(tokenizer, frames_ETHWC, window)
   imagined_ETN = sampler.rollout_tokens(
-      dynamics, tokens_ETN[:, :c], jnp.asarray(actions_ET[:, :c + h]), h,
-      window, jax.random.key(r.seed), r.temperature, r.maskgit_steps)
-  decode = lambda t: metrics.to_uint8(
-      sampler.decode_frames(tokenizer, t, window)[:, c:])
+      dynamics, tokens_ETN[:, :c], actions_ET[:, :c + h], h, window,
+      jax.random.key(r.seed, impl=sampler.KEY_IMPL), r.temperature,
+      r.maskgit_steps)
+  decode = lambda t: np.asarray(
+      sampler.decode_frames(tokenizer, t, window, start=c))
   return {"truth": frames_ETHWC[:, c:],
           "model": decode(imagined_ETN),
           "tokenizer": decode(tokens_ETN),

@@ -6,6 +6,12 @@ following MaskGIT's cosine schedule, until no token is hidden. History is a
 sliding window of the model's training length, so rollouts can run for any
 number of frames.
 
+A rollout is three per-frame programs, each a pure function of (params,
+arrays) that `export.py` serializes unchanged: `encode_frame`,
+`dynamics_step` and `decode_frame`. `rollout.py` and the standalone bundle
+player run the very same programs with the same shapes, hence the same
+frames; the host loops below only slice history windows.
+
 Dimension keys: B batch, T time, N tokens per frame, V codebook size,
 H/W/C frame height/width/channels.
 """
@@ -17,10 +23,16 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxworld.models.dynamics import MaskGITDynamics
 from jaxworld.models.tokenizer import VideoTokenizer
+
+# The PRNG implementation of the raw uint32[2] keys the step programs take.
+KEY_IMPL = "threefry2x32"
+
+Params = dict[str, jax.Array]
 
 
 def hidden_after(step: int, steps: int, n: int) -> int:
@@ -28,21 +40,41 @@ def hidden_after(step: int, steps: int, n: int) -> int:
   return int(math.floor(n * math.cos(math.pi / 2 * (step + 1) / steps)))
 
 
-@functools.partial(nnx.jit, static_argnames=("steps",))
-def next_frame_tokens(model: MaskGITDynamics, tokens_BTN: jax.Array,
-                      actions_BT: jax.Array, rng: jax.Array, temperature: float,
-                      steps: int) -> jax.Array:
+def model_params(model: nnx.Module) -> tuple[nnx.GraphDef, Params]:
+  """A model as (graphdef, parameters keyed by "/"-joined paths)."""
+  graphdef, state = nnx.split(model)
+  return graphdef, {"/".join(map(str, path)): v.get_value()
+                    for path, v in nnx.to_flat_state(state)}
+
+
+def _merge(graphdef: nnx.GraphDef, params: Params) -> nnx.Module:
+  """The model back from flat params; bf16 params (an export option) are
+  upcast so compute is as in training, only the weights are rounded."""
+  nested = {}
+  for key, value in params.items():
+    *parents, leaf = key.split("/")
+    node = nested
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value if value.dtype == jnp.float32 else value.astype(
+        jnp.float32)
+  return nnx.merge(graphdef, nnx.restore_int_paths(nested))
+
+
+def sample_next_frame(model: MaskGITDynamics, tokens_BTN: jax.Array,
+                      actions_BT: jax.Array, rng: jax.Array,
+                      temperature: jax.Array, steps: int) -> jax.Array:
   """Samples the tokens of frame T given frames < T (frame T's are ignored).
 
   `actions_BT[:, t]` is the action taken after frame t; the one leading into
-  the new frame is `actions_BT[:, -2]`.
+  the new frame is `actions_BT[:, -2]`. Traceable; call it under jit.
   """
   b, _, n = tokens_BTN.shape
-  frame_N = jnp.zeros((b, n), jnp.int32)
+  frame_BN = jnp.zeros((b, n), jnp.int32)
   hidden_BN = jnp.ones((b, n), bool)
   for s in range(steps):  # Unrolled: `steps` is small and static.
     mask_BTN = jnp.zeros(tokens_BTN.shape, bool).at[:, -1].set(hidden_BN)
-    tokens_BTN = tokens_BTN.at[:, -1].set(frame_N)
+    tokens_BTN = tokens_BTN.at[:, -1].set(frame_BN)
     logits_BNV = model(tokens_BTN, actions_BT, mask_BTN)[:, -1]
     rng, key = jax.random.split(rng)
     sampled_BN = jnp.where(
@@ -53,11 +85,66 @@ def next_frame_tokens(model: MaskGITDynamics, tokens_BTN: jax.Array,
                                         sampled_BN[..., None], -1)[..., 0]
     # Tokens fixed in earlier passes are never re-hidden.
     confidence_BN = jnp.where(hidden_BN, confidence_BN, jnp.inf)
-    frame_N = jnp.where(hidden_BN, sampled_BN, frame_N)
+    frame_BN = jnp.where(hidden_BN, sampled_BN, frame_BN)
     keep_hidden = hidden_after(s, steps, n)
     rank_BN = jnp.argsort(jnp.argsort(confidence_BN, -1), -1)
     hidden_BN = rank_BN < keep_hidden
-  return frame_N
+  return frame_BN
+
+
+# ------------------------------------------------ the per-frame programs
+
+
+def encode_frame(graphdef: nnx.GraphDef, params: Params,
+                 frames_BTHWC: jax.Array) -> jax.Array:
+  """uint8 frames [B, T, H, W, C] -> int32 tokens [B, N] of the last frame.
+
+  The T <= window frames are its history (the encoder is causal and was
+  trained on windows of that length).
+  """
+  tokenizer: VideoTokenizer = _merge(graphdef, params)
+  frames_BTHWC = frames_BTHWC.astype(jnp.float32) / 255.0
+  return tokenizer.encode(frames_BTHWC)[:, -1]
+
+
+def decode_frame(graphdef: nnx.GraphDef, params: Params,
+                 tokens_BTN: jax.Array) -> jax.Array:
+  """Tokens [B, T, N] -> uint8 frame [B, H, W, C] of the last of T <= window
+  frames."""
+  tokenizer: VideoTokenizer = _merge(graphdef, params)
+  frame_BHWC = tokenizer.decode(tokens_BTN)[:, -1]
+  return jnp.clip(jnp.round(frame_BHWC * 255.0), 0, 255).astype(jnp.uint8)
+
+
+def dynamics_step(graphdef: nnx.GraphDef, steps: int, params: Params,
+                  history_BTN: jax.Array, actions_BT: jax.Array,
+                  rng_2: jax.Array, temperature: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+  """One imagined frame: (tokens [B, N], next key) from T < window frames.
+
+  `actions_BT[:, t]` is the action taken after history frame t, so the last
+  one leads into the new frame. `rng_2` is raw uint32[2] key data; the
+  per-frame split happens here so callers only thread the returned key.
+  """
+  model: MaskGITDynamics = _merge(graphdef, params)
+  rng, key = jax.random.split(jax.random.wrap_key_data(rng_2, impl=KEY_IMPL))
+  # The new frame's slot, and the action after it, which the model never
+  # reads (frame t sees the action after frame t-1).
+  tokens_BTN = jnp.concatenate(
+      [history_BTN, jnp.zeros_like(history_BTN[:, :1])], 1)
+  actions_BT = jnp.concatenate(
+      [actions_BT, jnp.zeros_like(actions_BT[:, :1])], 1)
+  new_BN = sample_next_frame(model, tokens_BTN, actions_BT, key, temperature,
+                             steps)
+  return new_BN, jax.random.key_data(rng)
+
+
+_encode_frame = jax.jit(encode_frame, static_argnums=0)
+_decode_frame = jax.jit(decode_frame, static_argnums=0)
+_dynamics_step = jax.jit(dynamics_step, static_argnums=(0, 1))
+
+
+# ----------------------------------------------------- host-side loops
 
 
 def rollout_tokens(model: MaskGITDynamics, context_BTN: jax.Array,
@@ -66,41 +153,50 @@ def rollout_tokens(model: MaskGITDynamics, context_BTN: jax.Array,
                    ) -> jax.Array:
   """Extends `context_BTN` by `horizon` frames; returns all tokens.
 
-  `actions_BT` covers context + horizon frames (the last is unused).
+  `actions_BT` covers context + horizon frames (the last is unused). `rng` is
+  a threefry key (`jax.random.key(seed)`).
   """
-  tokens_BTN = context_BTN
+  graphdef, params = model_params(model)
+  rng_2 = jax.random.key_data(rng)
+  tokens = list(jnp.moveaxis(jnp.asarray(context_BTN, jnp.int32), 1, 0))
   for _ in range(horizon):
-    t = tokens_BTN.shape[1] + 1          # frames including the new one
-    lo = max(0, t - window)
-    placeholder_B1N = jnp.zeros_like(tokens_BTN[:, :1])
-    rng, key = jax.random.split(rng)
-    new_BN = next_frame_tokens(
-        model, jnp.concatenate([tokens_BTN[:, lo:], placeholder_B1N], 1),
-        actions_BT[:, lo:t], key, temperature, steps)
-    tokens_BTN = jnp.concatenate([tokens_BTN, new_BN[:, None]], 1)
-  return tokens_BTN
-
-
-@functools.partial(nnx.jit, static_argnames=("window",))
-def encode_frames(tokenizer: VideoTokenizer, frames_BTHWC: jax.Array,
-                  window: int) -> jax.Array:
-  """uint8 frames -> tokens, each frame with up to `window` frames of history
-  (the encoder is causal and was trained on windows of that length)."""
-  frames_BTHWC = frames_BTHWC.astype(jnp.float32) / 255.0
-  tokens = []
-  for i in range(frames_BTHWC.shape[1]):
-    lo = max(0, i + 1 - window)
-    tokens.append(tokenizer.encode(frames_BTHWC[:, lo:i + 1])[:, -1])
+    t = len(tokens)
+    lo = max(0, t + 1 - window)  # the new frame is the window's last
+    new_BN, rng_2 = _dynamics_step(
+        graphdef, steps, params, jnp.stack(tokens[lo:], 1),
+        jnp.asarray(actions_BT[:, lo:t], jnp.int32), rng_2,
+        np.float32(temperature))
+    tokens.append(new_BN)
   return jnp.stack(tokens, 1)
 
 
-@functools.partial(nnx.jit, static_argnames=("window",))
-def decode_frames(tokenizer: VideoTokenizer, tokens_BTN: jax.Array,
+def encode_frames(tokenizer: VideoTokenizer, frames_BTHWC: jax.Array,
                   window: int) -> jax.Array:
-  """Tokens -> float frames in [0, 1], windowed like `encode_frames`."""
-  t = tokens_BTN.shape[1]
-  frames = []
-  for i in range(t):
-    lo = max(0, i + 1 - window)
-    frames.append(tokenizer.decode(tokens_BTN[:, lo:i + 1])[:, -1])
-  return jnp.stack(frames, 1)
+  """uint8 frames -> tokens [B, T, N], each frame with up to `window` frames
+  of history."""
+  graphdef, params = model_params(tokenizer)
+  return jnp.stack([
+      _encode_frame(graphdef, params, frames_BTHWC[:, max(0, i + 1 - window):
+                                                   i + 1])
+      for i in range(frames_BTHWC.shape[1])], 1)
+
+
+def decode_frames(tokenizer: VideoTokenizer, tokens_BTN: jax.Array,
+                  window: int, start: int = 0) -> jax.Array:
+  """Tokens -> uint8 frames [B, T - start, H, W, C] of frames start..T-1,
+  windowed like `encode_frames`."""
+  graphdef, params = model_params(tokenizer)
+  return jnp.stack([
+      _decode_frame(graphdef, params, tokens_BTN[:, max(0, i + 1 - window):
+                                                 i + 1])
+      for i in range(start, tokens_BTN.shape[1])], 1)
+
+
+def program(name: str, graphdef: nnx.GraphDef, steps: int = 0):
+  """The pure per-frame program `name` with its model structure bound, as
+  exported: encode(params, frames), decode(params, tokens) or
+  dynamics_step(params, history, actions, rng, temperature)."""
+  if name == "dynamics_step":
+    return functools.partial(dynamics_step, graphdef, steps)
+  return functools.partial({"encode": encode_frame,
+                            "decode": decode_frame}[name], graphdef)

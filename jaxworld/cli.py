@@ -4,6 +4,8 @@
     jaxworld data generate [CONFIG] --out DIR [overrides...] [--overwrite]
     jaxworld train CONFIG --workdir DIR [overrides...] [--resume]
     jaxworld rollout --workdir DIR [--out DIR] [--episodes N]
+    jaxworld eval --workdir DIR [rollout overrides...] [--out DIR]
+    jaxworld sweep FILE [--out DIR] [--parallel N]
     jaxworld export --workdir DIR [--out BUNDLE] [--dtype bfloat16]
     jaxworld ckpt list|show --workdir DIR [--step N]
     jaxworld config [CONFIG] [overrides...] [--fields]
@@ -59,6 +61,25 @@ def _parser() -> argparse.ArgumentParser:
   roll.add_argument("--episodes", type=int, default=None)
   roll.add_argument("--data", default=None, help="Dataset directory (default:"
                     " the run's data.path).")
+
+  ev = sub.add_parser("eval", help="Horizon curves (PSNR, SSIM), "
+                      "controllability and a physics probe of a dynamics run "
+                      "on held-out episodes; JSON, plots, TensorBoard.")
+  ev.add_argument("--workdir", required=True, help="A dynamics run.")
+  ev.add_argument("overrides", nargs="*", help="rollout.key=value")
+  ev.add_argument("--out", default=None, help="Default: <workdir>/eval.")
+  ev.add_argument("--episodes", type=int, default=None)
+  ev.add_argument("--data", default=None, help="Dataset directory (default:"
+                  " the run's data.path).")
+
+  sw = sub.add_parser("sweep", help="Train or evaluate a grid or list of "
+                      "config overrides (resumably); write results.md/.csv "
+                      "and plots. Examples: configs/sweeps/.")
+  sw.add_argument("file", help="Sweep TOML file.")
+  sw.add_argument("--out", default=None,
+                  help="Output folder (default: runs/sweeps/<file stem>).")
+  sw.add_argument("--parallel", type=int, default=1,
+                  help="Points run at once, each in its own process.")
 
   ckpt = sub.add_parser("ckpt", help="A run's checkpoints: list the steps "
                         "(size, metrics) or show one (config, arrays).")
@@ -176,6 +197,16 @@ def _run(args: argparse.Namespace, configlib) -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "per_step"},
                      indent=2))
     return 0
+  if args.command == "eval":
+    from jaxworld.eval import evaluate
+    result = evaluate.run(args.workdir, args.out, args.overrides, args.data,
+                          args.episodes)
+    print("\n".join(evaluate.summary_lines(result)))
+    return 0
+  if args.command == "sweep":
+    from jaxworld.eval import sweep
+    return sweep.exit_status(sweep.run_sweep(args.file, args.out,
+                                             args.parallel))
   if args.command == "ckpt":
     from jaxworld.train import ckpt_info
     if args.action == "list":

@@ -263,6 +263,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
   return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested sections -> {"section.key": value}, the override spelling."""
+  out = {}
+  for k, v in data.items():
+    out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict)
+               else {prefix + k: v})
+  return out
+
+
 def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
   """Builds and validates a Config from nested data plus dotted overrides."""
   data = json.loads(json.dumps(data))  # deep copy

@@ -102,5 +102,7 @@ def _print_summary(s: dict[str, Any], root: Path) -> None:
                                 for k, v in s["stage_seconds"].items()),
       f"  {verdict}",
       f"  rollout: {s['rollout_gif']}   summary: {root / 'summary.json'}",
+      f"  next: jaxworld eval --workdir {root / 'dynamics'}   (horizon "
+      f"curves, controllability, physics probe)",
   ]
   print("\n".join(lines), flush=True)

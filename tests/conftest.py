@@ -53,3 +53,14 @@ def tiny_dataset(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
   generate.generate_dataset(tiny_config(), root, overwrite=True)
   return root
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+  """`jaxworld demo` on the tiny world: data, both stages, rollout. Tests
+  read it or copy what they change."""
+  from jaxworld import cli
+  root = tmp_path_factory.mktemp("demo")
+  code = cli.main(["demo", "--workdir", str(root), *TINY, "train.log_every=1"])
+  assert code in (0, 1)  # 1 = ran fine but the tiny model missed the bar
+  return root

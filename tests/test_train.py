@@ -15,13 +15,9 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in map(json.loads, lines)}
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-  """`jaxworld demo` on the tiny world: data, both stages, rollout."""
-  root = tmp_path_factory.mktemp("demo")
-  code = cli.main(["demo", "--workdir", str(root), *TINY, "train.log_every=1"])
-  assert code in (0, 1)  # 1 = ran fine but the tiny model missed the bar
-  return root
+@pytest.fixture
+def demo_run(tiny_demo):
+  return tiny_demo
 
 
 def test_demo_writes_everything(demo_run):

@@ -64,7 +64,9 @@ class VideoTokenizer(nnx.Module):
     self.patch_out = Dense(rngs, (dec_w,), (patch_dim,), "BTND,DP->BTNP",
                            (axes.EMBED, axes.PATCH))
 
-  def _encode(self, frames_BTHWC: jax.Array) -> jax.Array:
+  def latents(self, frames_BTHWC: jax.Array) -> jax.Array:
+    """Frames in [0, 1] -> continuous codes [B, T, N, E] before quantization
+    (also what the physics probe reads)."""
     x_BTND = self.patch_in(patchify(frames_BTHWC, self.patch_size))
     return self.to_code(self.encoder(x_BTND))
 
@@ -75,7 +77,7 @@ class VideoTokenizer(nnx.Module):
 
   def encode(self, frames_BTHWC: jax.Array) -> jax.Array:
     """float [B, T, H, W, C] in [0, 1] -> int32 tokens [B, T, N]."""
-    _, tokens_BTN, _ = self.quantizer(self._encode(frames_BTHWC))
+    _, tokens_BTN, _ = self.quantizer(self.latents(frames_BTHWC))
     return tokens_BTN
 
   def decode(self, tokens_BTN: jax.Array) -> jax.Array:
@@ -85,5 +87,5 @@ class VideoTokenizer(nnx.Module):
   def __call__(self, frames_BTHWC: jax.Array
                ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """Reconstruction (unclipped), tokens and quantiser metrics."""
-    zq_BTNE, tokens_BTN, aux = self.quantizer(self._encode(frames_BTHWC))
+    zq_BTNE, tokens_BTN, aux = self.quantizer(self.latents(frames_BTHWC))
     return self._decode(zq_BTNE), tokens_BTN, aux

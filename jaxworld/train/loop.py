@@ -43,16 +43,6 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "data.path", "mesh.")
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def _check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:
   saved = workdir / "config.json"
   if not saved.exists():
@@ -61,8 +51,8 @@ def _check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:
     raise JaxWorldError(
         f"{workdir} already holds a run. Pass --resume to continue it, or "
         f"choose a new --workdir; nothing was changed.")
-  old = _flat(configlib.to_dict(configlib.load(saved)))
-  new = _flat(configlib.to_dict(cfg))
+  old = configlib.flatten(configlib.to_dict(configlib.load(saved)))
+  new = configlib.flatten(configlib.to_dict(cfg))
   changed = [k for k in new if old.get(k) != new[k]
              and not k.startswith(RESUMABLE_CHANGES)]
   if changed:

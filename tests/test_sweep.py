@@ -49,7 +49,8 @@ else:
              "ssim_model": 0.5, "delta_psnr": v / 10,
              "gain_over_copy_last_db": 2.0 + v,
              "per_step": {"psnr_model": [1.0, 2.0]},
-             "probe": {"accuracy": 0.75, "name": "linear"}},
+             "probe": {"accuracy": 0.75, "name": "linear"},
+             "seconds": 0.125},
             open(os.path.join(out, "eval.json"), "w"))
 """
 
@@ -263,6 +264,7 @@ rollout.maskgit_steps = [1, 2, 4, 8]
   done = rows[3]
   assert done["rollout.maskgit_steps"] == 8 and done["psnr_model"] == 28.0
   assert done["probe.accuracy"] == 0.75  # nested scalars, dotted
+  assert done["eval_seconds"] == 0.125 and done["seconds"] != 0.125
   assert "per_step.psnr_model" not in done and "probe.name" not in done
   assert "train_loss" not in done  # evaluation only
 

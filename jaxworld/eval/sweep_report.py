@@ -47,7 +47,10 @@ def point_metrics(workdir: Path | None, eval_dir: Path | None
         row["train_loss"] = record["loss"]
   eval_json = eval_dir / "eval.json" if eval_dir else None
   if eval_json and eval_json.is_file():
-    row.update(_scalars(json.loads(eval_json.read_text())))
+    scalars = _scalars(json.loads(eval_json.read_text()))
+    if "seconds" in scalars:  # the row's own seconds are the point's wall time
+      scalars["eval_seconds"] = scalars.pop("seconds")
+    row.update(scalars)
   return row
 
 

@@ -100,17 +100,19 @@ def test_sigkill_then_resume_is_bit_identical(tiny_dataset, reference,
   assert [got[s] for s in sorted(got)] == [expected[s] for s in sorted(got)]
 
 
-def test_sigterm_saves_at_the_next_step_and_exits(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_at_the_next_step_and_exits(tiny_dataset, tmp_path, sig):
+  """SIGTERM (a scheduler) or SIGINT (Ctrl-C): save that step, exit 75."""
   run = tmp_path / "term"
   proc = _start(tiny_dataset, run, "train.steps=100000",
                 "train.checkpoint_every=100000")
   _wait_for_step(proc, run, 2)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == preemption.EXIT_PREEMPTED, err[-3000:]
   stopped = max(_losses(run))
   assert _saved(run) == [stopped]  # the step it stopped at, nothing later
-  assert f"stopped by SIGTERM at step {stopped}" in err
+  assert f"stopped by {sig.name} at step {stopped}" in err
   assert "Traceback" not in err
   # And it continues from there.
   assert cli.main(_args(tiny_dataset, run, f"train.steps={stopped + 1}",

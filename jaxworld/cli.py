@@ -2,6 +2,7 @@
 
     jaxworld demo [--workdir runs/demo] [overrides...]
     jaxworld data generate [CONFIG] --out DIR [overrides...] [--overwrite]
+    jaxworld data inspect PATH [--out DIR]
     jaxworld train CONFIG --workdir DIR [overrides...] [--resume]
     jaxworld rollout --workdir DIR [--out DIR] [--episodes N]
     jaxworld eval --workdir DIR [rollout overrides...] [--out DIR]
@@ -44,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
   gen.add_argument("overrides", nargs="*")
   gen.add_argument("--out", required=True)
   gen.add_argument("--overwrite", action="store_true")
+
+  insp = data_sub.add_parser("inspect", help="Check every record of a "
+                             "dataset; counts, shapes, actions, size, a "
+                             "contact sheet and a GIF.")
+  insp.add_argument("path")
+  insp.add_argument("--out", default=None,
+                    help="Where images go (default: <path>/inspect).")
 
   train = sub.add_parser("train", help="Train one stage (tokenizer or "
                          "dynamics) as set by train.stage.")
@@ -174,6 +182,10 @@ def _run(args: argparse.Namespace, configlib) -> int:
     path = configlib.resolve(args.config) if args.config else None
     print(json.dumps(configlib.to_dict(configlib.load(path, args.overrides)),
                      indent=2))
+    return 0
+  if args.command == "data" and args.data_command == "inspect":
+    from jaxworld.data import inspect
+    print(inspect.format_summary(inspect.inspect(args.path, args.out)))
     return 0
   if args.command == "data":
     from jaxworld.data import generate

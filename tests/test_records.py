@@ -87,3 +87,33 @@ def test_corrupt_shard_stops_training_before_compile(tiny_dataset, tmp_path,
   assert code == 2
   assert f"Record 0 of shard {shard}" in capsys.readouterr().err
   assert not run.exists()
+
+
+def test_inspect_counts_checks_and_draws(tiny_dataset, tmp_path, capsys):
+  from jaxworld import cli
+  assert cli.main(["data", "inspect", str(tiny_dataset), "--out",
+                   str(tmp_path / "insp")]) == 0
+  text = capsys.readouterr().out
+  assert "train: 16 episodes, 192 frames, 2 shards" in text
+  assert "eval: 4 episodes, 48 frames" in text
+  assert "frames uint8[12, 32, 32, 3]" in text
+  from PIL import Image
+  sheet = Image.open(tmp_path / "insp" / "contact_sheet.png")
+  assert sheet.size == (2 + 8 * (64 + 2), 2 + 8 * (64 + 2))  # 8 x 8 tiles
+  gif = Image.open(tmp_path / "insp" / "episodes.gif")
+  assert gif.n_frames == 12
+  # A damaged record is found by shard and index, as in training.
+  root, shard = _damaged_copy(tiny_dataset, tmp_path, "train", 1)
+  assert cli.main(["data", "inspect", str(root)]) == 2
+  assert f"Record 1 of shard {shard}" in capsys.readouterr().err
+
+
+def test_inspect_summary_is_exact(tiny_dataset):
+  from jaxworld.data import inspect, pipeline
+  summary = inspect.inspect(tiny_dataset, tiny_dataset.parent / "insp2")
+  train = summary["splits"]["train"]
+  episodes = pipeline.load_episodes(tiny_dataset, "train", 16)
+  counts = np.bincount(episodes["actions"].ravel(), minlength=5)
+  assert list(train["action_histogram"].values()) == [
+      int(c) for c in counts if c]
+  assert sum(train["action_histogram"].values()) == 16 * 12

@@ -107,8 +107,7 @@ def evaluate(cfg: configlib.Config, dynamics: Any, tokenizer: Any,
   available = len(pipeline.episode_source(data_path, "train"))
   train = pipeline.load_episodes(data_path, "train",
                                  min(PROBE_TRAIN_EPISODES, available))
-  test = pipeline.load_episodes(data_path, "eval", num_episodes)
-  out["probe"] = probe.physics_probe(tokenizer, cfg, train, test)
+  out["probe"] = probe.physics_probe(tokenizer, cfg, train, episodes)
   return out, frames
 
 

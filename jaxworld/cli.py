@@ -46,6 +46,45 @@ def _parser() -> argparse.ArgumentParser:
   gen.add_argument("--out", required=True)
   gen.add_argument("--overwrite", action="store_true")
 
+  ing = data_sub.add_parser(
+      "ingest", help="Turn videos (mp4, webm, gif, ...), image folders, NPZ "
+      "episodes or a Gymnasium environment (gym:ENV_ID) into a dataset; "
+      "parallel, cached (re-runs skip what is done), deterministic.")
+  ing.add_argument("source", help="A folder or file, or gym:ENV_ID.")
+  ing.add_argument("--out", required=True, help="Dataset directory.")
+  ing.add_argument("--kind", default="auto",
+                   choices=("auto", "video", "images", "npz", "gym"))
+  ing.add_argument("--size", type=int, default=64, help="Frame side, px.")
+  ing.add_argument("--crop", choices=("center", "none"), default="center",
+                   help="center: crop to a square before resizing; none: "
+                   "squash.")
+  ing.add_argument("--stride", type=int, default=1,
+                   help="Keep every N-th frame.")
+  ing.add_argument("--fps", type=float, default=0.0,
+                   help="Videos: resample to this frame rate (0: native).")
+  ing.add_argument("--chunk", type=int, default=16, help="Frames per "
+                   "episode; longer sources are cut (0: keep whole).")
+  ing.add_argument("--val-fraction", type=float, default=0.1,
+                   help="Share of sources held out as the eval split.")
+  ing.add_argument("--shards", type=int, default=4)
+  ing.add_argument("--storage", choices=("array_record", "zarr"),
+                   default="array_record")
+  ing.add_argument("--frames", choices=("raw", "png"), default="raw",
+                   help="ArrayRecord frame codec (raw: zstd per record).")
+  ing.add_argument("--workers", type=int, default=1,
+                   help="Processes reading sources in parallel.")
+  ing.add_argument("--bad", choices=("error", "skip"), default="error",
+                   help="An unreadable source: stop, or skip and report it.")
+  ing.add_argument("--episodes", type=int, default=64,
+                   help="gym: episodes to roll out.")
+  ing.add_argument("--max-steps", type=int, default=64,
+                   help="gym: frames per episode at most.")
+  ing.add_argument("--repeat-prob", type=float, default=0.8,
+                   help="gym: sticky-random policy's chance of repeating "
+                   "the last action.")
+  ing.add_argument("--seed", type=int, default=0, help="gym: policy and "
+                   "environment seed.")
+
   insp = data_sub.add_parser("inspect", help="Check every record of a "
                              "dataset; counts, shapes, actions, size, a "
                              "contact sheet and a GIF.")
@@ -186,6 +225,10 @@ def _run(args: argparse.Namespace, configlib) -> int:
   if args.command == "data" and args.data_command == "inspect":
     from jaxworld.data import inspect
     print(inspect.format_summary(inspect.inspect(args.path, args.out)))
+    return 0
+  if args.command == "data" and args.data_command == "ingest":
+    from jaxworld.data import ingest
+    print(ingest.format_report(ingest.run_cli(args)))
     return 0
   if args.command == "data":
     from jaxworld.data import generate

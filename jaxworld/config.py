@@ -54,7 +54,15 @@ class WorldConfig:
 class DataConfig:
   """Episode records on disk and the Grain pipeline that reads them."""
   path: str = field("", "Dataset directory made by `jaxworld data "
-                    "generate` (train/ and eval/ shards); the demo sets it.")
+                    "generate` or `jaxworld data ingest` (train/ and eval/ "
+                    "splits); the demo sets it.")
+  mixture: tuple = field((), "Train on several datasets instead of "
+                         "data.path: [[path, weight], ...]; each batch row "
+                         "comes from a dataset with probability "
+                         "proportional to its weight.")
+  bad_records: str = field("error", "A damaged or malformed record: error "
+                           "(stop, naming file and record) or skip (count it "
+                           "in the metrics and read the next one).")
   num_train_episodes: int = field(1024, "Episodes `data generate` writes to train/.")
   num_eval_episodes: int = field(64, "Held-out episodes `data generate` writes to eval/.")
   episode_length: int = field(64, "Frames per generated episode.")

@@ -43,6 +43,19 @@ def validate(cfg: Config) -> None:
         "data.num_workers, train.warmup_steps, rollout.temperature, "
         "dynamics.tokenizer_step, train.keep_every and train.init_step must "
         "be >= 0.")
+  check(d.bad_records in ("error", "skip"),
+        f"data.bad_records={d.bad_records!r}: use \"error\" or \"skip\".")
+  for entry in d.mixture:
+    check(isinstance(entry, tuple) and len(entry) == 2 and
+          isinstance(entry[0], str) and isinstance(entry[1], (int, float))
+          and entry[1] > 0,
+          f"data.mixture entry {list(entry) if isinstance(entry, tuple) else entry!r} "
+          f"must be [path, positive weight], e.g. "
+          f"data.mixture=[[\"runs/a\", 3], [\"runs/b\", 1]].")
+  check(not (d.mixture and d.path),
+        "Set data.path or data.mixture, not both (a mixture lists every "
+        "dataset, with its weight); the eval split is read from the first "
+        "mixture entry.")
   check(t.stage != "dynamics" or d.window >= 2,
         f"data.window={d.window}: the dynamics stage predicts frames from "
         f"earlier ones and needs a window of at least 2.")

@@ -3,7 +3,7 @@
 import numpy as np
 
 from conftest import tiny_config
-from jaxworld.data import pipeline
+from jaxworld.data import pipeline, records, stores, zarr_store
 
 
 def _take(it, n):
@@ -64,13 +64,78 @@ def test_processes_read_disjoint_episodes_of_one_global_stream(tiny_dataset):
         [per_process[p][step]["frames"] for p in range(2)]))
 
 
-def test_worker_processes_give_the_same_stream(tiny_dataset):
-  base = _take(iter(pipeline.train_dataset(tiny_config().data, tiny_dataset, 4)), 3)
-  it = iter(pipeline.train_dataset(tiny_config("data.num_workers=2").data,
-                                   tiny_dataset, 4))
-  try:
-    workers = _take(it, 3)
-  finally:
-    it.close()
-  assert sorted(b["frames"].tobytes() for b in base) == sorted(
-      b["frames"].tobytes() for b in workers)
+def test_worker_processes_give_identical_batches(tiny_dataset):
+  """0, 1 and 2 worker processes: the same batches in the same order."""
+  streams = []
+  for workers in (0, 1, 2):
+    it = iter(pipeline.train_dataset(
+        tiny_config(f"data.num_workers={workers}").data, tiny_dataset, 4))
+    try:
+      streams.append(_take(it, 5))
+    finally:
+      if hasattr(it, "close"):
+        it.close()
+  for other in streams[1:]:
+    for a, b in zip(streams[0], other):
+      np.testing.assert_array_equal(a["frames"], b["frames"])
+      np.testing.assert_array_equal(a["actions"], b["actions"])
+
+
+def _zarr_copy(root, out):
+  """The same dataset in a zarr store."""
+  meta = records.read_metadata(root)
+  splits = {}
+  for split, info in meta["splits"].items():
+    store = stores.open_store(root, split)
+    zarr_store.write_split(out / split,
+                           (store.episode(i) for i in range(len(store))))
+    splits[split] = {**info, "shards": []}
+  records.write_metadata(out, {**{k: v for k, v in meta.items() if k not in (
+      "format", "schema_version")}, "storage": "zarr", "splits": splits})
+  return out
+
+
+def test_zarr_store_gives_the_same_batches(tiny_dataset, tmp_path):
+  zarr_root = _zarr_copy(tiny_dataset, tmp_path / "zarr")
+  cfg = tiny_config().data
+  a = _take(iter(pipeline.train_dataset(cfg, tiny_dataset, 4)), 6)
+  b = _take(iter(pipeline.train_dataset(cfg, zarr_root, 4)), 6)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["frames"], y["frames"])
+    np.testing.assert_array_equal(x["actions"], y["actions"])
+
+
+def _constant_dataset(root, value):
+  """A dataset whose every pixel is `value`: its rows are recognisable."""
+  episodes = [{"frames": np.full((12, 32, 32, 3), value, np.uint8),
+               "actions": np.zeros(12, np.int32)} for _ in range(8)]
+  names = records.write_split(root / "train", episodes, 2)
+  records.write_metadata(root, {"image_size": 32, "episode_length": 12,
+                                "num_actions": 5, "splits": {"train": {
+                                    "episodes": 8, "shards": names}}})
+  return root
+
+
+def test_weighted_mixture_and_its_resume(tiny_dataset, tmp_path):
+  other = _constant_dataset(tmp_path / "const", 7)
+  cfg = tiny_config(f"data.mixture=[[\"{tiny_dataset}\", 3], "
+                    f"[\"{other}\", 1]]").data
+  it = iter(pipeline.train_dataset(cfg, None, 8))
+  batches = _take(it, 10)
+  from_other = sum(int((f == 7).all()) for b in batches for f in b["frames"])
+  assert from_other == 20  # exactly a quarter of 80 rows
+  state = it.get_state()
+  expected = _take(it, 3)
+  resumed = iter(pipeline.train_dataset(cfg, None, 8))
+  resumed.set_state(state)
+  for a, b in zip(expected, _take(resumed, 3)):
+    np.testing.assert_array_equal(a["frames"], b["frames"])
+
+
+def test_mixture_config_is_checked():
+  import pytest
+  from jaxworld.errors import JaxWorldError
+  with pytest.raises(JaxWorldError, match="data.mixture entry"):
+    tiny_config('data.mixture=[["a", -1]]')
+  with pytest.raises(JaxWorldError, match="data.path or data.mixture"):
+    tiny_config('data.mixture=[["a", 1]]', "data.path=b")

@@ -33,7 +33,7 @@ def test_damaged_record_names_where(damage):
   elif damage == "magic":
     data[:4] = b"PKL!"
   else:
-    data = bytearray(bytes(data).replace(b'"schema_version": 1', b'"schema_version": 9'))
+    data = bytearray(bytes(data).replace(b'"schema_version": 2', b'"schema_version": 9'))
   with pytest.raises(records.RecordError, match="Record 7 of shard s.*regenerate"):
     records.decode_episode(bytes(data), "Record 7 of shard s")
 
@@ -94,7 +94,7 @@ def test_inspect_counts_checks_and_draws(tiny_dataset, tmp_path, capsys):
   assert cli.main(["data", "inspect", str(tiny_dataset), "--out",
                    str(tmp_path / "insp")]) == 0
   text = capsys.readouterr().out
-  assert "train: 16 episodes, 192 frames, 2 shards" in text
+  assert "train: 16 episodes, 192 frames, 2 files" in text
   assert "eval: 4 episodes, 48 frames" in text
   assert "frames uint8[12, 32, 32, 3]" in text
   from PIL import Image

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jaxworld.data import pipeline, records
+from jaxworld.data import pipeline, records, stores
 from jaxworld.infer import media
 
 _SHEET_EPISODES = 8
@@ -32,28 +32,31 @@ def inspect(root: str | Path, out: str | Path | None = None
   """Summary of the dataset at `root`; images go to `out` (<root>/inspect)."""
   root = Path(root)
   meta = records.read_metadata(root)
-  summary: dict[str, Any] = {"path": str(root), "splits": {}}
+  summary: dict[str, Any] = {
+      "path": str(root), "storage": meta["storage"],
+      "frame_codec": meta.get("frame_codec", "raw"),
+      "num_actions": meta["num_actions"], "splits": {}}
   first: dict[str, np.ndarray] | None = None
   for split in meta["splits"]:
-    paths = records.shard_paths(root, split)
-    source = pipeline.episode_source(root, split)
+    store = stores.open_store(root, split)
     frames, actions = 0, collections.Counter()
     shapes: dict[str, set] = collections.defaultdict(set)
-    for i in range(len(source)):
-      episode = source[i]  # decodes and checks the record's CRC
+    for i in range(len(store)):
+      episode = store.episode(i)  # decodes and checks every array
       frames += episode["frames"].shape[0]
       actions.update(episode["actions"].tolist())
       for name, array in episode.items():
         shapes[name].add(f"{array.dtype}{list(array.shape)}")
+    files = stores.files(root, split)
     summary["splits"][split] = {
-        "episodes": len(source), "frames": frames,
-        "bytes_on_disk": sum(Path(p).stat().st_size for p in paths),
-        "shards": len(paths),
+        "episodes": len(store), "frames": frames,
+        "bytes_on_disk": sum(p.stat().st_size for p in files),
+        "files": len(files),
         "arrays": {k: sorted(v) for k, v in shapes.items()},
         "action_histogram": {_action_name(meta, a): n
                              for a, n in sorted(actions.items())}}
-    if first is None and len(source):
-      count = min(len(source), _SHEET_EPISODES)
+    if first is None and len(store):
+      count = min(len(store), _SHEET_EPISODES)
       first = pipeline.load_episodes(root, split, count)
   out = Path(out) if out is not None else root / "inspect"
   if first is not None:
@@ -90,12 +93,13 @@ def _grid(tiles_RCHWC: np.ndarray, gap: int = 2, scale: int = 2
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-  lines = [f"dataset {summary['path']}"]
+  lines = [f"dataset {summary['path']} ({summary['storage']}, frames "
+           f"{summary['frame_codec']}, {summary['num_actions']} actions)"]
   for split, s in summary["splits"].items():
     total = sum(s["action_histogram"].values()) or 1
     lines += [
         f"  {split}: {s['episodes']} episodes, {s['frames']} frames, "
-        f"{s['shards']} shards, {s['bytes_on_disk'] / 2**20:.1f} MiB on disk",
+        f"{s['files']} files, {s['bytes_on_disk'] / 2**20:.1f} MiB on disk",
         "    arrays: " + ", ".join(f"{k} {'/'.join(v)}"
                                    for k, v in s["arrays"].items()),
         "    actions: " + ", ".join(f"{k} {n / total:.1%}"

@@ -1,21 +1,25 @@
-"""The Grain pipeline from episode records to training batches.
+"""The Grain pipeline from episode stores to training batches.
 
-    ArrayRecord shards -> decode -> seeded shuffle (reshuffled each epoch)
-    -> random fixed-length window -> batch -> this process's batch slices
+    episode indices -> seeded shuffle (reshuffled each epoch) -> read a random
+    fixed-length window from the store (data/stores.py: ArrayRecord or zarr)
+    -> [weighted mixture of datasets] -> batch -> this process's batch slices
     -> worker processes (data.num_workers) or a prefetch thread
 
 Every step is a deterministic function of `data.shuffle_seed` and the
 position in the stream, so the iterator's state (a few integers, saved with
-every checkpoint) restores the exact same following batches.
+every checkpoint) restores the exact same following batches, and 0, 1 or 2
+worker processes give the same batches in the same order.
 
 Batches are numpy dicts: `frames` uint8 [B, T, H, W, 3], `actions` int32
-[B, T], B the per-process batch and T `data.window`. Frames stay uint8 until
-they are on device (4x less host-to-device traffic).
+[B, T], B the per-process batch and T `data.window`; with
+`data.bad_records=skip` also `skipped` int32 [B], the damaged records passed
+over to fill each row. Frames stay uint8 until they are on device (4x less
+host-to-device traffic).
 """
 
 from __future__ import annotations
 
-import bisect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,69 +27,71 @@ import grain
 import numpy as np
 
 from jaxworld.config import DataConfig
-from jaxworld.data import records
+from jaxworld.data import records, stores
 from jaxworld.errors import JaxWorldError
 
-
-class _Decode:
-  """Decodes record `index` of the concatenated shards, naming it on error."""
-
-  def __init__(self, paths: list[str], counts: list[int]):
-    self.paths = paths
-    self.starts = list(np.cumsum([0] + counts[:-1]))
-
-  def __call__(self, index: int, record: bytes) -> dict[str, np.ndarray]:
-    shard = bisect.bisect_right(self.starts, index) - 1
-    where = (f"Record {index - self.starts[shard]} of shard "
-             f"{self.paths[shard]}")
-    return records.decode_episode(record, where)
+log = logging.getLogger(__name__)
 
 
-class RandomWindow(grain.transforms.RandomMap):
-  """A random `window`-frame crop of an episode's frames and actions."""
-
-  def __init__(self, window: int):
-    self.window = window
-
-  def random_map(self, episode: dict[str, np.ndarray],
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
-    t = episode["frames"].shape[0]
-    if t < self.window:
-      raise JaxWorldError(f"Episodes have {t} frames, fewer than "
-                          f"data.window={self.window}; lower data.window.")
-    start = int(rng.integers(0, t - self.window + 1))
-    return {"frames": episode["frames"][start:start + self.window],
-            "actions": episode["actions"][start:start + self.window]}
+def dataset_weights(cfg: DataConfig) -> list[tuple[str, float]]:
+  """(path, weight) of every dataset training reads: data.path alone, or the
+  data.mixture entries."""
+  if cfg.mixture:
+    return [(str(path), float(weight)) for path, weight in cfg.mixture]
+  return [(cfg.path, 1.0)]
 
 
-def episode_source(root: str | Path, split: str) -> grain.MapDataset:
-  """All episodes of a split as a decoded, random-access MapDataset."""
-  paths = records.shard_paths(root, split)
-  source = grain.sources.ArrayRecordDataSource(paths)
-  counts = [len(grain.sources.ArrayRecordDataSource([p])) for p in paths]
-  return grain.MapDataset.source(source).map_with_index(_Decode(paths, counts))
+class ReadWindow(grain.transforms.RandomMap):
+  """Episode index -> a random `window`-frame crop of that episode.
+
+  With `skip`, a damaged record is passed over for the next one (the same
+  one on every run, so the stream stays deterministic) and counted in the
+  element's `skipped`.
+  """
+
+  def __init__(self, store: stores.ArrayRecordStore | stores.ZarrStore,
+               window: int, skip: bool):
+    self.store, self.window, self.skip = store, window, skip
+
+  def random_map(self, index: int, rng: np.random.Generator
+                 ) -> dict[str, np.ndarray]:
+    n = len(self.store)
+    for attempt in range(n):
+      try:
+        out = self.store.window((index + attempt) % n, self.window, rng)
+        break
+      except records.RecordError as e:
+        if not self.skip:
+          raise
+        log.warning("skipping: %s", str(e).split(". ")[0])
+    else:
+      raise records.RecordError(f"Every record of {self.store.where(0)}'s "
+                                f"dataset is damaged; re-ingest it.")
+    if self.skip:
+      out["skipped"] = np.int32(attempt)
+    return out
 
 
-def check_shards(root: str | Path, split: str) -> None:
-  """Decodes the first record of every shard: a wrong or damaged file is
-  reported before anything is compiled (later records are checked as read)."""
-  for path in records.shard_paths(root, split):
-    source = grain.sources.ArrayRecordDataSource([path])
-    if len(source) == 0:
-      raise records.RecordError(f"Shard {path} holds no records; regenerate "
-                                f"the dataset.")
-    episode = records.decode_episode(source[0], f"Record 0 of shard {path}")
-    missing = {"frames", "actions"} - set(episode)
-    if missing:
-      raise records.RecordError(f"Record 0 of shard {path} has no "
-                                f"{', '.join(sorted(missing))}; regenerate "
-                                f"the dataset.")
+def _windows(cfg: DataConfig, root: str | Path, component: int
+             ) -> grain.MapDataset:
+  store = stores.open_store(root, "train", cfg.bad_records == "skip")
+  if len(store) == 0:
+    raise records.RecordError(f"The train split of {root} holds no readable "
+                              f"episodes; re-ingest it.")
+  seed = int(np.random.SeedSequence(
+      [cfg.shuffle_seed, component]).generate_state(1)[0])
+  return (grain.MapDataset.range(len(store)).seed(seed).shuffle()
+          .repeat(None)
+          .random_map(ReadWindow(store, cfg.window, cfg.bad_records == "skip")))
 
 
-def train_dataset(cfg: DataConfig, root: str | Path, batch_size: int,
+def train_dataset(cfg: DataConfig, root: str | Path | None, batch_size: int,
                   process_index: int = 0, process_count: int = 1
                   ) -> grain.IterDataset:
   """Endless shuffled batches of windows for one process.
+
+  `root` overrides data.path (tests); with data.mixture, each batch row comes
+  from dataset k with probability weight_k / sum(weights).
 
   There is one global stream of windows, a function of the seed alone, cut
   into global batches of `batch_size * process_count` rows; process p reads
@@ -93,11 +99,11 @@ def train_dataset(cfg: DataConfig, root: str | Path, batch_size: int,
   processes trains on exactly the batches one process would, and within an
   epoch the processes read disjoint episodes that together cover them all.
   """
-  ds = episode_source(root, "train")
-  seed = int(np.random.SeedSequence([cfg.shuffle_seed, 0]).generate_state(1)[0])
-  ds = (ds.seed(seed).shuffle().repeat(None)
-        .random_map(RandomWindow(cfg.window))
-        .batch(batch_size, drop_remainder=True))
+  parts = dataset_weights(cfg) if root is None else [(str(root), 1.0)]
+  windows = [_windows(cfg, path, k) for k, (path, _) in enumerate(parts)]
+  ds = windows[0] if len(windows) == 1 else grain.MapDataset.mix(
+      windows, [w for _, w in parts])
+  ds = ds.batch(batch_size, drop_remainder=True)
   # Lazy: only this process's slices are ever read and decoded.
   ds = ds[process_index::process_count]
   read = grain.ReadOptions(num_threads=max(1, cfg.num_workers or 2),
@@ -108,6 +114,17 @@ def train_dataset(cfg: DataConfig, root: str | Path, batch_size: int,
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch))
   return it_ds
+
+
+def check_shards(root: str | Path, split: str) -> None:
+  """Opens the split and reads its first episode: a wrong or damaged dataset
+  is reported before anything is compiled (later records are checked as
+  they are read)."""
+  store = stores.open_store(root, split)
+  if len(store) == 0:
+    raise records.RecordError(f"The {split} split of {root} holds no "
+                              f"episodes; re-ingest or regenerate it.")
+  store.episode(0)
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -121,12 +138,16 @@ def _mark_absl_flags_parsed() -> None:
 def load_episodes(root: str | Path, split: str, count: int
                   ) -> dict[str, np.ndarray]:
   """The first `count` episodes of a split, stacked (for eval and rollout)."""
-  ds = episode_source(root, split)
-  if count > len(ds):
+  store = stores.open_store(root, split)
+  if count > len(store):
     raise JaxWorldError(f"Asked for {count} {split} episodes but the dataset "
-                        f"at {root} has {len(ds)}; lower the count or "
+                        f"at {root} has {len(store)}; lower the count or "
                         f"regenerate with more data.num_eval_episodes.")
-  episodes = [ds[i] for i in range(count)]
+  episodes = [store.episode(i) for i in range(count)]
+  lengths = {e["frames"].shape[0] for e in episodes}
+  if len(lengths) > 1:  # e.g. whole videos in a zarr store: cut to the shortest
+    episodes = [{k: v[:min(lengths)] if v.shape[:1] == e["frames"].shape[:1]
+                 else v for k, v in e.items()} for e in episodes]
   return {k: np.stack([e[k] for e in episodes]) for k in episodes[0]}
 
 

@@ -4,24 +4,32 @@ One ArrayRecord record holds one episode. Its bytes are
 
     b"JWEP" | uint32 LE header length | header (UTF-8 JSON) | payload
 
-The header is `{"schema_version": 1, "crc32": <crc of payload>, "arrays":
-[{"name", "dtype", "shape"}, ...]}`; the payload is the arrays' raw
-little-endian C-order bytes, concatenated in header order. Decoding parses
-JSON and calls `np.frombuffer` on a whitelist of dtypes, so a record can never
-execute code. Schema version 1 arrays:
+The header is `{"schema_version": 2, "crc32": <crc of payload>, "arrays":
+[{"name", "dtype", "shape"[, "codec", "sizes"]}, ...]}`; the payload is the
+arrays' bytes concatenated in header order: raw little-endian C-order, or
+for `"codec": "png"` one PNG per frame (`sizes` gives each PNG's length).
+Decoding parses JSON and calls `np.frombuffer` on a whitelist of dtypes (PNGs
+are decoded by Pillow), so a record can never execute code. The arrays:
 
-    frames   uint8   [T, H, W, 3]  rendered RGB
-    actions  int32   [T]           actions[t] is taken after frame t
-    states   float32 [T, K+1, 4]   (x, y, vx, vy) of K balls, then the agent
-    radii    float32 [K]           ball radii in pixels
+    frames   uint8   [T, H, W, 3]  RGB frames (required)
+    actions  int32   [T]           actions[t] is taken after frame t (required;
+                                   all 0 for video without actions)
+    rewards  float32 [T]           optional
+    states   float32 [T, ...]      optional; the embedded world's object
+                                   states (x, y, vx, vy) of K balls + agent
+    radii    float32 [K]           optional; the embedded world's ball radii
 
-A dataset directory holds `dataset.json` (schema version, world config, split
-sizes and shard names) and one folder of shards per split:
-`train/episodes-00000-of-00004.array_record`, ... `eval/...`.
+Version 2 added the per-array codec; version 1 records (all raw) still read.
+
+A dataset directory holds `dataset.json` (schema version, storage, frame
+size, action count, split sizes and shard names) and one folder per split:
+`train/episodes-00000-of-00004.array_record`, ... `eval/...`, or, with
+`"storage": "zarr"`, a TensorStore episode store per split (data/zarr_store.py).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zlib
@@ -34,7 +42,9 @@ import numpy as np
 from jaxworld.errors import JaxWorldError
 
 MAGIC = b"JWEP"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FRAME_CODECS = ("raw", "png")
 FORMAT = "jaxworld.episodes"
 DTYPES = ("uint8", "int32", "float32")
 SPLITS = ("train", "eval")
@@ -47,16 +57,34 @@ class RecordError(JaxWorldError):
   """A record or dataset directory that cannot be read."""
 
 
-def encode_episode(arrays: dict[str, np.ndarray]) -> bytes:
-  """Serialises named numpy arrays into one record."""
+def _png(frame_HWC: np.ndarray) -> bytes:
+  from PIL import Image
+  buf = io.BytesIO()
+  # Level 1: most of the size win of PNG at a fraction of the encode time.
+  Image.fromarray(frame_HWC).save(buf, format="PNG", compress_level=1)
+  return buf.getvalue()
+
+
+def encode_episode(arrays: dict[str, np.ndarray],
+                   frame_codec: str = "raw") -> bytes:
+  """Serialises named numpy arrays into one record; `frame_codec="png"`
+  stores each frame of `frames` as a PNG."""
+  if frame_codec not in FRAME_CODECS:
+    raise ValueError(f"frame codec {frame_codec!r}; use {FRAME_CODECS}")
   specs, chunks = [], []
   for name, a in arrays.items():
     a = np.ascontiguousarray(a)
     if a.dtype.name not in DTYPES:
       raise ValueError(f"array {name!r} has dtype {a.dtype}; records hold "
                        f"{', '.join(DTYPES)}")
-    specs.append({"name": name, "dtype": a.dtype.name, "shape": list(a.shape)})
-    chunks.append(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    spec = {"name": name, "dtype": a.dtype.name, "shape": list(a.shape)}
+    if name == "frames" and frame_codec == "png":
+      pngs = [_png(f) for f in a]
+      spec.update(codec="png", sizes=[len(p) for p in pngs])
+      chunks.append(b"".join(pngs))
+    else:
+      chunks.append(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    specs.append(spec)
   payload = b"".join(chunks)
   header = json.dumps({"schema_version": SCHEMA_VERSION,
                        "crc32": zlib.crc32(payload),
@@ -69,8 +97,8 @@ def decode_episode(record: bytes, where: str = "record") -> dict[str, np.ndarray
   def fail(why: str) -> RecordError:
     return RecordError(
         f"{where} is not a valid jaxworld episode record ({why}). The file "
-        f"is damaged or was not written by `jaxworld data generate`; "
-        f"regenerate the dataset.")
+        f"is damaged or was not written by jaxworld; regenerate or re-ingest "
+        f"the dataset, or set data.bad_records=skip to train past it.")
 
   if len(record) < 8 or record[:4] != MAGIC:
     raise fail("bad magic bytes")
@@ -79,10 +107,11 @@ def decode_episode(record: bytes, where: str = "record") -> dict[str, np.ndarray
     header = json.loads(record[8:8 + header_len])
   except (UnicodeDecodeError, json.JSONDecodeError):
     raise fail("unreadable header") from None
-  if not isinstance(header, dict) or header.get("schema_version") != SCHEMA_VERSION:
+  if not isinstance(header, dict) or header.get(
+      "schema_version") not in READABLE_VERSIONS:
     version = header.get("schema_version") if isinstance(header, dict) else None
-    raise fail(f"schema version {version!r}; this jaxworld reads "
-               f"version {SCHEMA_VERSION}")
+    raise fail(f"schema version {version!r}; this jaxworld reads versions "
+               f"{', '.join(map(str, READABLE_VERSIONS))}")
   payload = memoryview(record)[8 + header_len:]
   if zlib.crc32(payload) != header.get("crc32"):
     raise fail("payload checksum mismatch")
@@ -93,15 +122,78 @@ def decode_episode(record: bytes, where: str = "record") -> dict[str, np.ndarray
         raise fail(f"dtype {spec['dtype']!r} not allowed")
       dtype = np.dtype(spec["dtype"]).newbyteorder("<")
       shape = tuple(int(s) for s in spec["shape"])
-      count = int(np.prod(shape))
-      a = np.frombuffer(payload, dtype, count, offset).reshape(shape)
+      if any(s < 0 for s in shape):
+        raise fail(f"negative shape {list(shape)}")
+      if spec.get("codec", "raw") == "png":
+        a, offset = _decode_pngs(payload, offset, spec, shape)
+      else:
+        count = int(np.prod(shape))
+        if offset + count * dtype.itemsize > len(payload):
+          raise fail(f"array {spec['name']!r} runs past the payload")
+        a = np.frombuffer(payload, dtype, count, offset).reshape(shape)
+        offset += count * dtype.itemsize
       out[spec["name"]] = a.astype(a.dtype.newbyteorder("="), copy=False)
-      offset += count * dtype.itemsize
-  except (KeyError, TypeError, ValueError) as e:
+  except RecordError:
+    raise
+  except Exception as e:  # noqa: BLE001 - any malformed table is a bad record
     raise fail(f"array table does not match payload: {e}") from None
   if offset != len(payload):
     raise fail(f"{len(payload) - offset} trailing payload bytes")
   return out
+
+
+def _decode_pngs(payload: memoryview, offset: int, spec: dict[str, Any],
+                 shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
+  from PIL import Image
+  sizes = [int(n) for n in spec["sizes"]]
+  if spec["dtype"] != "uint8" or len(shape) != 4 or len(sizes) != shape[0]:
+    raise ValueError(f"png array {spec['name']!r} must be uint8 [T, H, W, C] "
+                     f"with one size per frame")
+  frames = np.empty(shape, np.uint8)
+  for t, n in enumerate(sizes):
+    if n <= 0 or offset + n > len(payload):
+      raise ValueError(f"frame {t} runs past the payload")
+    with Image.open(io.BytesIO(payload[offset:offset + n])) as image:
+      frames[t] = np.asarray(image.convert("RGB"))
+    offset += n
+  return frames, offset
+
+
+def check_episode(episode: dict[str, np.ndarray], where: str,
+                  image_size: int | None = None,
+                  num_actions: int | None = None) -> dict[str, np.ndarray]:
+  """Checks what the pipeline relies on: uint8 RGB frames, one int32 action
+  per frame inside the action set, per-frame rewards/states as long."""
+  def fail(why: str) -> RecordError:
+    return RecordError(f"{where}: {why}. Re-ingest or regenerate the "
+                       f"dataset, or set data.bad_records=skip to train "
+                       f"past it.")
+
+  frames, actions = episode.get("frames"), episode.get("actions")
+  if frames is None or actions is None:
+    raise fail("the episode has no " + " and no ".join(
+        k for k in ("frames", "actions") if episode.get(k) is None))
+  if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+    raise fail(f"frames are {frames.dtype}{list(frames.shape)}, expected "
+               f"uint8 [T, H, W, 3]")
+  t = frames.shape[0]
+  if t == 0:
+    raise fail("the episode has no frames")
+  if image_size is not None and frames.shape[1:3] != (image_size, image_size):
+    raise fail(f"frames are {frames.shape[1]}x{frames.shape[2]}, the dataset "
+               f"says {image_size}x{image_size}")
+  if actions.dtype != np.int32 or actions.shape != (t,):
+    raise fail(f"actions are {actions.dtype}{list(actions.shape)}, expected "
+               f"int32 [{t}] (one per frame)")
+  if num_actions is not None and t and (actions.min() < 0 or
+                                        actions.max() >= num_actions):
+    raise fail(f"actions range over [{actions.min()}, {actions.max()}], "
+               f"outside the dataset's {num_actions} actions")
+  for name in ("rewards", "states"):
+    if name in episode and episode[name].shape[:1] != (t,):
+      raise fail(f"{name} has shape {list(episode[name].shape)}, expected "
+                 f"{t} entries (one per frame)")
+  return episode
 
 
 def shard_name(index: int, count: int) -> str:
@@ -109,7 +201,7 @@ def shard_name(index: int, count: int) -> str:
 
 
 def write_split(directory: Path, episodes: Iterable[dict[str, np.ndarray]],
-                num_shards: int) -> list[str]:
+                num_shards: int, frame_codec: str = "raw") -> list[str]:
   """Writes episodes round-robin into `num_shards` ArrayRecord files."""
   # Imported here so that reading configs and records needs no native module.
   from array_record.python.array_record_module import ArrayRecordWriter
@@ -120,7 +212,9 @@ def write_split(directory: Path, episodes: Iterable[dict[str, np.ndarray]],
              for n in names]
   try:
     for i, episode in enumerate(episodes):
-      writers[i % num_shards].write(encode_episode(episode))
+      record = (episode if isinstance(episode, bytes)
+                else encode_episode(episode, frame_codec))
+      writers[i % num_shards].write(record)
   finally:
     for w in writers:
       w.close()
@@ -146,11 +240,14 @@ def read_metadata(root: str | Path) -> dict[str, Any]:
   except json.JSONDecodeError as e:
     raise RecordError(f"{path} is not valid JSON ({e}); regenerate the "
                       f"dataset.") from None
-  if meta.get("format") != FORMAT or meta.get("schema_version") != SCHEMA_VERSION:
+  if (meta.get("format") != FORMAT or
+      meta.get("schema_version") not in READABLE_VERSIONS):
     raise RecordError(
         f"{path} describes format {meta.get('format')!r} version "
         f"{meta.get('schema_version')!r}; this jaxworld reads {FORMAT!r} "
-        f"version {SCHEMA_VERSION}. Regenerate the dataset.")
+        f"versions {', '.join(map(str, READABLE_VERSIONS))}. Regenerate the "
+        f"dataset.")
+  meta.setdefault("storage", "array_record")
   return meta
 
 

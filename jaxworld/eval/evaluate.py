@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from jaxworld import config as configlib
-from jaxworld.data import pipeline
+from jaxworld.data import pipeline, stores
 from jaxworld.errors import JaxWorldError
 from jaxworld.eval import metrics, probe
 from jaxworld.infer import media, rollout
@@ -104,7 +104,7 @@ def evaluate(cfg: configlib.Config, dynamics: Any, tokenizer: Any,
     out["per_step"][f"position_error_{k}"] = [round(float(x), 3)
                                               for x in error_T]
     out["per_step"][f"objects_not_found_{k}"] = [int(x) for x in not_found_T]
-  available = len(pipeline.episode_source(data_path, "train"))
+  available = len(stores.open_store(data_path, "train"))
   train = pipeline.load_episodes(data_path, "train",
                                  min(PROBE_TRAIN_EPISODES, available))
   out["probe"] = probe.physics_probe(tokenizer, cfg, train, episodes)

@@ -64,33 +64,67 @@ def _check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:
         f"(only {allowed} may change) or start a new --workdir.")
 
 
-def _check_data(cfg: Config) -> Path:
-  if not cfg.data.path:
+def _check_data(cfg: Config) -> None:
+  """Every dataset training reads (data.path, or each data.mixture entry)
+  fits the config and opens; its first episode decodes."""
+  if not cfg.data.path and not cfg.data.mixture:
     raise JaxWorldError("data.path is empty. Generate data with `jaxworld "
-                        "data generate --out DIR` and pass data.path=DIR.")
-  root = Path(cfg.data.path)
-  meta = records.read_metadata(root)
-  if meta["image_size"] != cfg.world.image_size:
-    raise JaxWorldError(
-        f"The dataset at {root} has {meta['image_size']}px frames but "
-        f"world.image_size={cfg.world.image_size}; set "
-        f"world.image_size={meta['image_size']} or regenerate the data.")
-  if meta["episode_length"] < cfg.data.window:
-    raise JaxWorldError(
-        f"The dataset's episodes have {meta['episode_length']} frames, fewer "
-        f"than data.window={cfg.data.window}; lower data.window.")
-  if meta["num_actions"] > cfg.dynamics.num_actions:
-    raise JaxWorldError(
-        f"The dataset has {meta['num_actions']} actions but "
-        f"dynamics.num_actions={cfg.dynamics.num_actions}; raise it.")
-  pipeline.check_shards(root, "train")
-  return root
+                        "data generate --out DIR` (or ingest your own with "
+                        "`jaxworld data ingest`) and pass data.path=DIR.")
+  for path, _ in pipeline.dataset_weights(cfg.data):
+    root = Path(path)
+    meta = records.read_metadata(root)
+    if meta["image_size"] != cfg.world.image_size:
+      raise JaxWorldError(
+          f"The dataset at {root} has {meta['image_size']}px frames but "
+          f"world.image_size={cfg.world.image_size}; set "
+          f"world.image_size={meta['image_size']} or re-ingest the data at "
+          f"that size.")
+    if meta["episode_length"] < cfg.data.window:
+      raise JaxWorldError(
+          f"The episodes of {root} have as few as {meta['episode_length']} "
+          f"frames, fewer than data.window={cfg.data.window}; lower "
+          f"data.window.")
+    if meta["num_actions"] > cfg.dynamics.num_actions:
+      raise JaxWorldError(
+          f"The dataset at {root} has {meta['num_actions']} actions but "
+          f"dynamics.num_actions={cfg.dynamics.num_actions}; raise it.")
+    if cfg.data.bad_records == "error":
+      pipeline.check_shards(root, "train")
+
+
+def _pinned_step(workdir: Path, resume: bool, key: str, step: int,
+                 run_dir: str, what: str) -> int:
+  """The checkpoint step of a frozen model's run: as set, as pinned in a
+  resumed run's config.json, or that run's latest."""
+  saved = workdir / "config.json"
+  if step == 0 and resume and saved.exists():
+    step = getattr(configlib.load(saved).dynamics, key)  # stay pinned
+  if step == 0:
+    steps = checkpoint.saved_steps(run_dir)
+    if not steps:
+      raise JaxWorldError(f"The {what} run {run_dir} has no checkpoint "
+                          f"yet; train it first.")
+    step = steps[-1]
+  return step
+
+
+def _check_same(cfg: Config, other: Config, run_dir: str, what: str) -> None:
+  for key, mine, theirs in (
+      ("data.window", cfg.data.window, other.data.window),
+      ("world.image_size", cfg.world.image_size, other.world.image_size)):
+    if mine != theirs:
+      raise JaxWorldError(
+          f"The {what} in {run_dir} was trained with {key}={theirs}, but "
+          f"this run has {key}={mine}. Use {key}={theirs}, or train a "
+          f"{what} for this setting.")
 
 
 def _with_tokenizer_config(cfg: Config, workdir: Path, resume: bool
                            ) -> Config:
-  """The dynamics stage reads a trained tokenizer: take its config section,
-  check it fits this run, and pin the tokenizer checkpoint step."""
+  """The dynamics stage reads a trained tokenizer (and, for latent actions,
+  a trained LAM): take their config sections, check they fit this run, and
+  pin their checkpoint steps."""
   if cfg.train.stage != "dynamics":
     return cfg
   tok_dir = cfg.dynamics.tokenizer_workdir
@@ -211,7 +245,7 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
   # ---- checks: nothing is written or compiled until these pass.
   cfg = _with_tokenizer_config(cfg, workdir, resume)
   _check_workdir(cfg, workdir, resume)
-  data_root = _check_data(cfg)
+  _check_data(cfg)
   init_step = _init_step(cfg)
   mesh = meshlib.make_mesh(cfg.mesh)
   per_process_batch = meshlib.check_batch(cfg.train.batch_size, mesh,
@@ -235,7 +269,7 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
     # means "save and stop", not a traceback.
     stop = stack.enter_context(preemption.StopRequest())
     data = iter(pipeline.train_dataset(
-        cfg.data, data_root, per_process_batch, jax.process_index(),
+        cfg.data, None, per_process_batch, jax.process_index(),
         jax.process_count()))
     if hasattr(data, "close"):  # worker processes
       stack.callback(data.close)
@@ -282,9 +316,14 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
   last: dict[str, float] = {}
   # Host<->device copies in the loop must be explicit (batches in, metrics
   # out at log steps): a hidden one would stall every step.
+  skip = cfg.data.bad_records == "skip"
+  skipped = 0  # damaged records this process passed over (data.bad_records)
   with jax.transfer_guard("disallow"):
     for i in range(start, t.steps):
-      batch = steplib.device_batch(next(data), compiled.batch_shardings)
+      host_batch = next(data)
+      if skip:
+        skipped += int(host_batch.pop("skipped").sum())
+      batch = steplib.device_batch(host_batch, compiled.batch_shardings)
       state, step_metrics = compiled.step(state, frozen_state, batch)
       done = i + 1
       if i == start:
@@ -294,7 +333,8 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
       log_now = done % t.log_every == 0 or done == t.steps or stopping
       save_now = done % t.checkpoint_every == 0 or done == t.steps or stopping
       if log_now:
-        last = logger.write(done, step_metrics)
+        last = logger.write(done, {**step_metrics, "skipped_records": skipped}
+                            if skip else step_metrics)
       if log_now or save_now:  # never checkpoint a diverged state
         loss = float(jax.device_get(step_metrics["loss"]))
         if not math.isfinite(loss):
@@ -304,6 +344,9 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
               f"train.grad_clip, or raise train.warmup_steps.")
       if save_now:
         ckpts.save(done, state, data, cfg)
+      if skip and skipped and done == t.steps:
+        log.warning("skipped %d damaged records (data.bad_records=skip; "
+                    "counted in this process since it started)", skipped)
       if stopping and done < t.steps:
         log.warning("stopped by %s after step %d of %d; checkpoint saved. "
                     "Continue with the same command and --resume.",

@@ -165,3 +165,4 @@ def test_training_reports_skipped_records(fuzzed_dataset, tmp_path):
   logged = [json.loads(line) for line in
             (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert logged[-1]["skipped_records"] > 0
+  assert 0.0 <= logged[-1]["input_wait"] <= 1.0

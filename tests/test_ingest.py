@@ -102,6 +102,8 @@ def test_unreadable_video_stops_or_is_skipped(raw, tmp_path):
   meta = ingest.ingest(str(videos), tmp_path / "out", SETTINGS, LAYOUT,
                        bad="skip")
   assert [s["unit"] for s in meta["source"]["skipped"]] == ["zz_broken.mp4"]
+  with pytest.raises(sources.SourceError, match="zz_broken.mp4"):  # cached
+    ingest.ingest(str(videos), tmp_path / "out", SETTINGS, LAYOUT)
   assert meta["splits"]["train"]["episodes"] == 2  # one video, split by chunk
 
 

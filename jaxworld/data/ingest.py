@@ -114,14 +114,18 @@ class Progress:
       print(file=sys.stderr)
 
 
+def _unreadable(error: str) -> sources.SourceError:
+  return sources.SourceError(f"{error} Fix or remove the file, or pass --bad "
+                             f"skip to ingest the rest and list it in the "
+                             f"report.")
+
+
 def _run_units(todo: list[tuple[sources.Unit, str]],
                settings: sources.FrameSettings, layout: Layout, cache: Path,
                workers: int, bad: str, progress: Progress) -> None:
   def check(summary: dict[str, Any]) -> None:
     if summary["error"] and bad == "error":
-      raise sources.SourceError(
-          f"{summary['error']} Fix or remove the file, or pass --bad skip "
-          f"to ingest the rest and list it in the report.")
+      raise _unreadable(summary["error"])
     progress.update(len(summary["lengths"]))
 
   if workers <= 1:
@@ -183,6 +187,9 @@ def ingest(source: str, out: str | Path, settings: sources.FrameSettings,
   finally:
     progress.close()
   summaries = [json.loads((cache / f"{k}.json").read_text()) for k in keys]
+  failed = [s["error"] for s in summaries if s["error"]]
+  if failed and bad == "error":  # also when cached by an earlier --bad skip
+    raise _unreadable(failed[0])
   digest = hashlib.sha1(json.dumps([keys, dataclasses.asdict(layout)]).encode()
                         ).hexdigest()
   if (out / "dataset.json").is_file() and records.read_metadata(out).get(

@@ -138,9 +138,8 @@ class ZarrStore(_Store):
     return f"Episode {i} of the zarr store {self.episodes.directory}"
 
   def episode(self, i: int) -> dict[str, np.ndarray]:
-    n = self.episodes.num_frames(i)
-    return self.check(self.episodes.read(i, 0, n, tuple(self.episodes.keys(i))),
-                      i)
+    return self.check(self.episodes.read(i, None, None,
+                                         tuple(self.episodes.keys(i))), i)
 
   def window(self, i: int, length: int, rng: np.random.Generator
              ) -> dict[str, np.ndarray]:

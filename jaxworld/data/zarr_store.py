@@ -104,9 +104,11 @@ class ZarrEpisodes:
         ) from None
     return self._open[i, key]
 
-  def read(self, i: int, start: int, stop: int,
+  def read(self, i: int, start: int | None, stop: int | None,
            keys: tuple[str, ...] = ("frames", "actions")
            ) -> dict[str, np.ndarray]:
+    """Frames [start, stop) of `keys`; start=stop=None reads whole arrays
+    (also those not indexed by frame, like the world's radii)."""
     out = {}
     for key in keys:
       try:

@@ -318,9 +318,14 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
   # out at log steps): a hidden one would stall every step.
   skip = cfg.data.bad_records == "skip"
   skipped = 0  # damaged records this process passed over (data.bad_records)
+  # Seconds spent waiting for the loader since the last log: the loader
+  # starves the step when this is a large part of the interval.
+  waited, interval_start = 0.0, time.perf_counter()
   with jax.transfer_guard("disallow"):
     for i in range(start, t.steps):
+      wait_start = time.perf_counter()
       host_batch = next(data)
+      waited += time.perf_counter() - wait_start
       if skip:
         skipped += int(host_batch.pop("skipped").sum())
       batch = steplib.device_batch(host_batch, compiled.batch_shardings)
@@ -333,8 +338,12 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
       log_now = done % t.log_every == 0 or done == t.steps or stopping
       save_now = done % t.checkpoint_every == 0 or done == t.steps or stopping
       if log_now:
-        last = logger.write(done, {**step_metrics, "skipped_records": skipped}
-                            if skip else step_metrics)
+        now = time.perf_counter()
+        extra = {"input_wait": waited / max(now - interval_start, 1e-9)}
+        if skip:
+          extra["skipped_records"] = skipped
+        last = logger.write(done, {**step_metrics, **extra})
+        waited, interval_start = 0.0, now
       if log_now or save_now:  # never checkpoint a diverged state
         loss = float(jax.device_get(step_metrics["loss"]))
         if not math.isfinite(loss):

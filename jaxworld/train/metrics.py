@@ -17,7 +17,8 @@ import jax
 
 # Shown on the console, in this order, when a stage reports them.
 _CONSOLE_KEYS = ("loss", "psnr", "codebook_perplexity", "masked_accuracy",
-                 "grad_norm", "learning_rate", "skipped_records")
+                 "grad_norm", "learning_rate", "input_wait",
+                 "skipped_records")
 
 
 def _duration(seconds: float) -> str:

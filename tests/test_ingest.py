@@ -177,13 +177,17 @@ def test_zarr_windows_read_only_their_chunks(raw, tmp_path):
     store.episodes.read(0, 12, 20)
 
 
-@pytest.mark.parametrize("kind", ["videos", "npz", "gym"])
+@pytest.mark.parametrize("kind", ["videos", "npz", "gym", "zarr"])
 def test_ingested_data_trains(raw, tmp_path, kind):
-  source = "gym:CartPole-v1" if kind == "gym" else str(raw / kind)
+  """Each kind through the documented commands: ingest, inspect, train.
+  zarr: whole videos in a TensorStore store, trained on random windows."""
+  source = {"gym": "gym:CartPole-v1", "zarr": str(raw / "videos")}.get(
+      kind, str(raw / kind))
   out = tmp_path / "data"
+  layout = (["--storage", "zarr", "--chunk", "0"] if kind == "zarr"
+            else ["--chunk", "6"])
   code = cli.main(["data", "ingest", source, "--out", str(out), "--size",
-                   "32", "--chunk", "6", "--episodes", "6", "--max-steps",
-                   "12"])
+                   "32", *layout, "--episodes", "6", "--max-steps", "12"])
   assert code == 0
   summary = inspect.inspect(out)
   assert summary["splits"]["train"]["episodes"] > 0

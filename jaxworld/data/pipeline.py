@@ -41,6 +41,12 @@ def dataset_weights(cfg: DataConfig) -> list[tuple[str, float]]:
   return [(cfg.path, 1.0)]
 
 
+def eval_path(cfg: DataConfig) -> str:
+  """The dataset whose eval split rollouts and eval read: data.path, or the
+  first data.mixture entry."""
+  return dataset_weights(cfg)[0][0]
+
+
 class ReadWindow(grain.transforms.RandomMap):
   """Episode index -> a random `window`-frame crop of that episode.
 

@@ -73,3 +73,22 @@ class FSQ:
 def _lead(c: np.ndarray, like: jax.Array) -> np.ndarray:
   """A per-channel constant shaped to broadcast against `like` [..., d]."""
   return c.reshape((1,) * (like.ndim - 1) + (-1,))
+
+
+class Continuous:
+  """The continuous bottleneck (`tokenizer.kind="continuous"`): latents
+  squashed into [-1, 1] by tanh, not rounded. Same interface as FSQ, with
+  the bounded latents [..., d] themselves as the "tokens", so a diffusion
+  model can denoise them at a known scale."""
+
+  def __init__(self, dim: int):
+    if dim < 1:
+      raise ValueError(f"continuous latent dim must be >= 1, got {dim}")
+    self.dim = int(dim)
+
+  def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+    codes = jnp.tanh(z.astype(jnp.float32))
+    return codes, codes, {"latent_rms": jnp.sqrt(jnp.mean(codes ** 2))}
+
+  def codes(self, tokens: jax.Array) -> jax.Array:
+    return tokens.astype(jnp.float32)

@@ -3,6 +3,9 @@
 frames -> patches -> ST encoder -> latents -> FSQ -> tokens
 tokens -> codes -> ST decoder -> patches -> frames
 
+With the continuous bottleneck (`tokenizer.kind="continuous"`, for diffusion
+dynamics) the "tokens" are the tanh-bounded latents [B, T, N, E] themselves.
+
 The encoder and decoder are temporally causal, so the tokens of frame t
 depend only on frames <= t and a rollout can tokenize frame by frame.
 
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxworld.models.layers import Dense
-from jaxworld.models.quantizer import FSQ
+from jaxworld.models.quantizer import FSQ, Continuous
 from jaxworld.models.st_transformer import STTransformer
 from jaxworld.parallel import axes
 
@@ -39,17 +42,20 @@ def unpatchify(patches_BTNP: jax.Array, p: int, h: int, w: int) -> jax.Array:
 
 
 class VideoTokenizer(nnx.Module):
-  """Discrete video tokenizer: frames in [0, 1] <-> int tokens [B, T, N]."""
+  """Video tokenizer: frames in [0, 1] <-> int tokens [B, T, N] (FSQ), or
+  <-> bounded continuous latents [B, T, N, E] (`latent_dim` > 0)."""
 
   def __init__(self, rngs: nnx.Rngs, *, image_size: int, patch_size: int,
                fsq_levels: tuple[int, ...], max_frames: int,
                encoder: dict[str, Any], decoder: dict[str, Any],
-               channels: int = 3):
+               channels: int = 3, latent_dim: int = 0):
     self.image_size, self.patch_size = image_size, patch_size
     self.num_tokens = (image_size // patch_size) ** 2
     patch_dim = patch_size * patch_size * channels
     enc_w, dec_w = encoder["width"], decoder["width"]
-    self.quantizer = FSQ(fsq_levels)
+    self.continuous = latent_dim > 0
+    self.quantizer = Continuous(latent_dim) if self.continuous else FSQ(
+        fsq_levels)
     latent_dim = self.quantizer.dim
     self.patch_in = Dense(rngs, (patch_dim,), (enc_w,), "BTNP,PD->BTND",
                           (axes.PATCH, axes.EMBED))
@@ -76,12 +82,14 @@ class VideoTokenizer(nnx.Module):
                       self.image_size)
 
   def encode(self, frames_BTHWC: jax.Array) -> jax.Array:
-    """float [B, T, H, W, C] in [0, 1] -> int32 tokens [B, T, N]."""
+    """float [B, T, H, W, C] in [0, 1] -> int32 tokens [B, T, N] (continuous:
+    float32 latents [B, T, N, E])."""
     _, tokens_BTN, _ = self.quantizer(self.latents(frames_BTHWC))
     return tokens_BTN
 
   def decode(self, tokens_BTN: jax.Array) -> jax.Array:
-    """int tokens [B, T, N] -> float32 frames [B, T, H, W, C] in [0, 1]."""
+    """int tokens [B, T, N] (continuous: latents [B, T, N, E]) -> float32
+    frames [B, T, H, W, C] in [0, 1]."""
     return jnp.clip(self._decode(self.quantizer.codes(tokens_BTN)), 0.0, 1.0)
 
   def __call__(self, frames_BTHWC: jax.Array

@@ -1,0 +1,122 @@
+"""Diffusion-forcing dynamics over continuous latents (Chen et al. 2024,
+"Diffusion Forcing: Next-token Prediction Meets Full-Sequence Diffusion").
+
+Every frame of a training window gets its own noise level s in [0, 1] on the
+straight path between the clean latents and Gaussian noise,
+z_s = (1 - s) z_0 + s eps (rectified flow), and the model predicts the clean
+latents of every frame from the noisy ones, the levels and the actions that
+led to each frame. Temporal attention is causal, so frame t sees only frames
+<= t: in a rollout the history is clean (s = 0) and the new frame is
+denoised from pure noise (s = 1) in a few steps (`sample_next_frame`).
+
+Dimension keys: B batch, T time, N tokens per frame, E latent width, D model
+width, F Fourier features of the noise level, A actions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxworld.models.layers import Dense, make_param
+from jaxworld.models.st_transformer import STTransformer
+from jaxworld.parallel import axes
+
+_LEVEL_FEATURES = 16  # sin/cos pairs: frequencies 1..2^7 of the level
+
+
+class DiffusionDynamics(nnx.Module):
+  """noisy latents [B, T, N, E] + levels [B, T] + actions [B, T] -> clean
+  latents [B, T, N, E]."""
+
+  def __init__(self, rngs: nnx.Rngs, *, latent_dim: int, num_actions: int,
+               num_tokens: int, max_frames: int, backbone: dict[str, Any],
+               **unused: Any):
+    del unused  # the discrete variants' codebook_size
+    width = backbone["width"]
+    self.latent_dim = latent_dim
+    self.no_action = num_actions  # one extra embedding row
+    self.latent_in = Dense(rngs, (latent_dim,), (width,), "BTNE,ED->BTND",
+                           (axes.LATENT, axes.EMBED))
+    self.level_in = Dense(rngs, (_LEVEL_FEATURES,), (width,), "BTF,FD->BTD",
+                          (None, axes.EMBED))
+    self.action_embed_AD = make_param(rngs, jax.nn.initializers.normal(0.02),
+                                      (num_actions + 1, width),
+                                      (axes.ACTION, axes.EMBED))
+    self.backbone = STTransformer(rngs, num_tokens=num_tokens,
+                                  max_frames=max_frames, **backbone)
+    self.head = Dense(rngs, (width,), (latent_dim,), "BTND,DE->BTNE",
+                      (axes.EMBED, axes.LATENT),
+                      init=jax.nn.initializers.zeros)
+
+  def __call__(self, noisy_BTNE: jax.Array, level_BT: jax.Array,
+               actions_BT: jax.Array) -> jax.Array:
+    """actions[:, t] is the action taken after frame t (the last is unused)."""
+    freqs_F = np.pi * 2.0 ** np.arange(_LEVEL_FEATURES // 2, dtype=np.float32)
+    angle_BTF = level_BT[..., None] * freqs_F[None, None]
+    level_BTD = self.level_in(jnp.concatenate(
+        [jnp.sin(angle_BTF), jnp.cos(angle_BTF)], -1))
+    prev_actions_BT = jnp.concatenate(
+        [jnp.full_like(actions_BT[:, :1], self.no_action), actions_BT[:, :-1]],
+        axis=1)
+    cond_BTD = level_BTD + self.action_embed_AD[...][prev_actions_BT]
+    x_BTND = self.latent_in(noisy_BTNE) + cond_BTD[:, :, None]
+    out_BTNE = self.head(self.backbone(x_BTND)).astype(jnp.float32)
+    # Skip connection weighted by how much signal the input still holds: at
+    # level 0 the answer is the input, at level 1 all of it is predicted.
+    return (1.0 - level_BT)[..., None, None] * noisy_BTNE + out_BTNE
+
+
+def loss(model: DiffusionDynamics, latents_BTNE: jax.Array,
+         actions_BT: jax.Array, rng: jax.Array
+         ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Diffusion forcing: an independent noise level per frame, MSE of the
+  predicted clean latents. Also reports the error on the frames that were
+  nearly pure noise (level > 0.9), the regime a rollout's first step is in."""
+  b, t = latents_BTNE.shape[:2]
+  k_level, k_noise = jax.random.split(rng)
+  level_BT = jax.random.uniform(k_level, (b, t))
+  noise_BTNE = jax.random.normal(k_noise, latents_BTNE.shape)
+  s_BT11 = level_BT[..., None, None]
+  noisy_BTNE = (1.0 - s_BT11) * latents_BTNE + s_BT11 * noise_BTNE
+  pred_BTNE = model(noisy_BTNE, level_BT, actions_BT)
+  err_BT = jnp.mean((pred_BTNE - latents_BTNE) ** 2, axis=(2, 3))
+  high_BT = (level_BT > 0.9).astype(jnp.float32)
+  return jnp.mean(err_BT), {
+      "mse_high_noise": jnp.sum(err_BT * high_BT) / jnp.maximum(
+          jnp.sum(high_BT), 1.0),
+      "latent_rms": jnp.sqrt(jnp.mean(latents_BTNE ** 2))}
+
+
+def noise_levels(steps: int) -> np.ndarray:
+  """The few-step sampler's levels, 1 -> 0 (steps + 1 values)."""
+  return np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
+
+
+def sample_next_frame(model: DiffusionDynamics, history_BTNE: jax.Array,
+                      actions_BT: jax.Array, rng: jax.Array, steps: int
+                      ) -> jax.Array:
+  """Latents [B, N, E] of frame T after T clean history frames.
+
+  `actions_BT[:, t]` is the action taken after history frame t, the last one
+  leading into the new frame. Deterministic DDIM-style steps on the straight
+  path: predict z_0, re-noise it to the next (lower) level with the noise
+  the prediction implies, and end at level 0. Traceable; call under jit.
+  """
+  b, t, n, e = history_BTNE.shape
+  actions_BT = jnp.concatenate([actions_BT, jnp.zeros_like(actions_BT[:, :1])],
+                               1)
+  z_BNE = jax.random.normal(rng, (b, n, e), jnp.float32)
+  levels = noise_levels(steps)
+  for s, s_next in zip(levels[:-1], levels[1:]):
+    frames_BTNE = jnp.concatenate([history_BTNE, z_BNE[:, None]], 1)
+    level_BT = jnp.concatenate(
+        [jnp.zeros((b, t), jnp.float32), jnp.full((b, 1), s, jnp.float32)], 1)
+    clean_BNE = model(frames_BTNE, level_BT, actions_BT)[:, -1]
+    noise_BNE = (z_BNE - (1.0 - s) * clean_BNE) / s
+    z_BNE = (1.0 - s_next) * clean_BNE + s_next * noise_BNE
+  return z_BNE

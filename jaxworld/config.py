@@ -117,16 +117,32 @@ class BackboneConfig:
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
   """VQ-VAE video tokenizer: patches -> ST encoder -> FSQ -> ST decoder."""
+  kind: str = field("fsq", "Bottleneck: fsq (discrete tokens, for maskgit "
+                    "and autoregressive dynamics) or continuous (tanh-bounded "
+                    "latents, for diffusion dynamics).")
   patch_size: int = field(4, "Square patch side in pixels; N = (size/patch)^2.")
   fsq_levels: tuple = field((8, 5, 5, 5), "Levels per latent channel of the "
                             "FSQ quantiser; V = their product (here 1000).")
+  latent_dim: int = field(4, "Channels per token of the continuous "
+                          "bottleneck (tokenizer.kind=\"continuous\").")
   encoder: BackboneConfig = section(BackboneConfig, "Encoder backbone.")
   decoder: BackboneConfig = section(BackboneConfig, "Decoder backbone.")
 
 
 @dataclasses.dataclass(frozen=True)
 class DynamicsConfig:
-  """MaskGIT dynamics over tokenizer tokens, conditioned on real actions."""
+  """Dynamics over tokenizer tokens (MaskGIT or causal autoregressive),
+  conditioned on real actions or on a trained LAM's latent actions."""
+  kind: str = field("maskgit", "Dynamics model: maskgit (parallel decoding "
+                    "of masked tokens) or autoregressive (causal over "
+                    "tokens in raster order, sampled with a KV cache).")
+  actions: str = field("real", "Conditioning: real (the dataset's actions) "
+                       "or latent (a trained LAM's, see dynamics.lam_workdir).")
+  lam_workdir: str = field("", "Run directory of the trained latent action "
+                           "model (train.stage=lam) when dynamics.actions="
+                           "\"latent\".")
+  lam_step: int = field(0, "Checkpoint step of the LAM; 0 takes its latest "
+                        "when the run starts and pins it in config.json.")
   tokenizer_workdir: str = field("", "Run directory of the trained tokenizer "
                                  "whose tokens this model predicts.")
   tokenizer_step: int = field(0, "Checkpoint step of the tokenizer to use; "
@@ -143,9 +159,26 @@ class DynamicsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LAMConfig:
+  """Latent action model: infers a discrete action between consecutive
+  frames from video alone (VQ bottleneck), trained to predict the next
+  frame from the past frames and that action."""
+  patch_size: int = field(8, "Square patch side in pixels.")
+  fsq_levels: tuple = field((3, 3), "Levels per channel of the FSQ action "
+                            "bottleneck; the codebook size (number of latent "
+                            "actions) is their product (here 9; the all-zero "
+                            "code is unreachable: codes are unit-RMS).")
+  encoder: BackboneConfig = section(BackboneConfig, "Action encoder backbone.")
+  decoder: BackboneConfig = section(BackboneConfig, "Next-frame decoder "
+                                    "backbone.")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """The one training loop."""
-  stage: str = field("tokenizer", "What to train: tokenizer or dynamics.")
+  stage: str = field("tokenizer", "What to train: tokenizer, lam (latent "
+                     "action model, from video alone) or dynamics (of "
+                     "dynamics.kind).")
   steps: int = field(1000, "Optimizer steps.")
   batch_size: int = field(16, "Global batch (windows per step), split over "
                           "data and fsdp.")
@@ -178,8 +211,13 @@ class RolloutConfig:
   horizon: int = field(8, "Frames the model generates.")
   num_episodes: int = field(16, "Held-out episodes rolled out.")
   maskgit_steps: int = field(8, "MaskGIT refinement steps per frame.")
+  mask_schedule: str = field("cosine", "MaskGIT schedule of the fraction of "
+                             "tokens still hidden after each step: cosine, "
+                             "linear or square (1 - r^2).")
   temperature: float = field(0.0, "Sampling temperature (0 = most likely "
                              "token).")
+  top_k: int = field(0, "Sample only among the k most likely tokens "
+                     "(0 = all); applies to maskgit and autoregressive.")
   seed: int = field(0, "Sampling seed.")
 
 
@@ -191,6 +229,7 @@ class Config:
   mesh: MeshConfig = section(MeshConfig, "Device mesh and sharding rules.")
   tokenizer: TokenizerConfig = section(TokenizerConfig, "Video tokenizer.")
   dynamics: DynamicsConfig = section(DynamicsConfig, "Dynamics model.")
+  lam: LAMConfig = section(LAMConfig, "Latent action model.")
   train: TrainConfig = section(TrainConfig, "Training loop.")
   rollout: RolloutConfig = section(RolloutConfig, "Rollout and its metrics.")
 

@@ -22,8 +22,9 @@ def validate(cfg: Config) -> None:
       raise JaxWorldError(msg)
 
   w, d, t = cfg.world, cfg.data, cfg.train
-  check(t.stage in ("tokenizer", "dynamics"),
-        f"train.stage={t.stage!r}: use \"tokenizer\" or \"dynamics\".")
+  check(t.stage in ("tokenizer", "lam", "dynamics"),
+        f"train.stage={t.stage!r}: use \"tokenizer\", \"lam\" or "
+        f"\"dynamics\".")
   positive = {
       "world.image_size": w.image_size, "tokenizer.patch_size":
       cfg.tokenizer.patch_size, "data.num_shards": d.num_shards,
@@ -43,6 +44,10 @@ def validate(cfg: Config) -> None:
         "data.num_workers, train.warmup_steps, rollout.temperature, "
         "dynamics.tokenizer_step, train.keep_every and train.init_step must "
         "be >= 0.")
+  check(cfg.tokenizer.kind in ("fsq", "continuous") and
+        cfg.tokenizer.latent_dim >= 1,
+        f"tokenizer.kind={cfg.tokenizer.kind!r} must be fsq or continuous, "
+        f"and tokenizer.latent_dim >= 1.")
   check(d.bad_records in ("error", "skip"),
         f"data.bad_records={d.bad_records!r}: use \"error\" or \"skip\".")
   for entry in d.mixture:
@@ -96,6 +101,7 @@ def validate(cfg: Config) -> None:
         "dynamics.mask_ratio_min must be in (0, 1].")
   check(0.0 < cfg.dynamics.target_frame_prob <= 1.0,
         "dynamics.target_frame_prob must be in (0, 1].")
+  _check_models(cfg, check)
   m = cfg.mesh
   sizes = {"data": m.data, "fsdp": m.fsdp, "sequence": m.sequence,
            "tensor": m.tensor}
@@ -111,3 +117,37 @@ def validate(cfg: Config) -> None:
     check(isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str),
           f"mesh.rules entry {rule!r} must be [logical_name, mesh_axis], "
           f"[logical_name, [mesh_axes...]] or [logical_name, []].")
+
+
+DYNAMICS_KINDS = ("maskgit", "autoregressive")
+MASK_SCHEDULES = ("cosine", "linear", "square")
+
+
+def _check_models(cfg: Config, check) -> None:
+  """Model-family and sampling options (dynamics.kind, LAM, rollout)."""
+  dyn, lam, r = cfg.dynamics, cfg.lam, cfg.rollout
+  check(dyn.kind in DYNAMICS_KINDS,
+        f"dynamics.kind={dyn.kind!r}: use one of {', '.join(DYNAMICS_KINDS)}.")
+  check(dyn.actions in ("real", "latent"),
+        f"dynamics.actions={dyn.actions!r}: use \"real\" or \"latent\".")
+  check(dyn.lam_step >= 0, "dynamics.lam_step must be >= 0.")
+  check(r.mask_schedule in MASK_SCHEDULES,
+        f"rollout.mask_schedule={r.mask_schedule!r}: use one of "
+        f"{', '.join(MASK_SCHEDULES)}.")
+  check(r.top_k >= 0, f"rollout.top_k={r.top_k} must be >= 0 (0: all "
+        f"tokens).")
+  check(len(lam.fsq_levels) >= 1 and all(
+      isinstance(v, int) and v >= 2 for v in lam.fsq_levels),
+        f"lam.fsq_levels={list(lam.fsq_levels)} must be a list of integers "
+        f">= 2, e.g. [2, 2, 2] for 8 latent actions.")
+  check(cfg.world.image_size % lam.patch_size == 0,
+        f"world.image_size={cfg.world.image_size} is not divisible by "
+        f"lam.patch_size={lam.patch_size}; pick a patch size that divides it.")
+  for name, b in (("lam.encoder", lam.encoder), ("lam.decoder", lam.decoder)):
+    check(b.width > 0 and b.depth > 0 and b.num_heads > 0 and
+          b.width % b.num_heads == 0,
+          f"{name}: width, depth, num_heads must be positive and width "
+          f"divisible by num_heads.")
+  check(cfg.train.stage != "lam" or cfg.data.window >= 2,
+        f"data.window={cfg.data.window}: the lam stage infers actions "
+        f"between consecutive frames and needs a window of at least 2.")

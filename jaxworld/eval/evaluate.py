@@ -111,16 +111,29 @@ def evaluate(cfg: configlib.Config, dynamics: Any, tokenizer: Any,
   return out, frames
 
 
+def _check_supported(cfg: configlib.Config | None) -> None:
+  """Refuses, before loading anything, runs whose actions eval cannot
+  replay: its controllability arm draws random *real* actions."""
+  if cfg is not None and cfg.dynamics.actions == "latent":
+    raise JaxWorldError(
+        "jaxworld eval supports dynamics runs conditioned on real actions "
+        "(dynamics.actions=\"real\"); this run uses latent actions. Use "
+        "`jaxworld rollout --workdir DIR` for its PSNR against copy-last, "
+        "and bench/lam_report.py for latent-action control.")
+
+
 def run(workdir: str | Path, out: str | Path | None = None,
         overrides: Sequence[str] = (), data_path: str | None = None,
         num_episodes: int | None = None) -> dict[str, Any]:
   """Evaluates a dynamics run; writes eval.json, plots and TensorBoard."""
   start = time.perf_counter()
+  _check_supported(configlib.load(Path(workdir) / "config.json")
+                   if (Path(workdir) / "config.json").exists() else None)
   cfg, dynamics, tokenizer = rollout.load_world_model(workdir)
   cfg = _with_overrides(cfg, overrides)
   n = num_episodes or cfg.rollout.num_episodes
   result, frames = evaluate(cfg, dynamics, tokenizer,
-                            data_path or cfg.data.path, n)
+                            data_path or pipeline.eval_path(cfg.data), n)
   result["run"] = str(workdir)
   result["overrides"] = list(overrides)
   result["seconds"] = round(time.perf_counter() - start, 1)

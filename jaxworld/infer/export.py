@@ -107,6 +107,7 @@ def export_run(workdir: str | Path, out: str | Path | None = None,
     raise JaxWorldError(
         f"{out} already exists and is not empty; an export never overwrites "
         f"it. Delete it, or pass a new directory with --out DIR.")
+  _check_exportable(checkpoint.read_config(workdir), workdir)
   cfg, dynamics, tokenizer = rollout.load_world_model(workdir)
   models = {"tokenizer": tokenizer, "dynamics": dynamics}
   split = {name: sampler.model_params(m) for name, m in models.items()}
@@ -153,13 +154,31 @@ def _write_sample_episodes(cfg: Any, path: Path, count: int = 4) -> None:
   """A few held-out episodes (context + horizon frames, their actions) so
   that the bundle can be tried at once with examples/play_bundle.py."""
   try:
-    episodes = pipeline.load_episodes(cfg.data.path, "eval", count)
+    episodes = pipeline.load_episodes(pipeline.eval_path(cfg.data), "eval", count)
   except (JaxWorldError, OSError) as e:
     log.info("no sample episodes in the bundle (%s)", e)
     return
   t = cfg.rollout.context_frames + cfg.rollout.horizon
   np.savez(path, frames=episodes["frames"][:, :t],
            actions=episodes["actions"][:, :t].astype(np.int32))
+
+
+def _check_exportable(cfg: configlib.Config, workdir: str | Path) -> None:
+  """The bundle format (v1) holds MaskGIT with the cosine schedule on real
+  actions; refuse anything else before writing a file."""
+  d, r = cfg.dynamics, cfg.rollout
+  if d.kind != "maskgit" or d.actions != "real":
+    raise JaxWorldError(
+        f"jaxworld export supports dynamics.kind=\"maskgit\" with "
+        f"dynamics.actions=\"real\"; {workdir} has dynamics.kind="
+        f"{d.kind!r}, dynamics.actions={d.actions!r}. Play it with "
+        f"`jaxworld rollout --workdir {workdir}` instead.")
+  if r.mask_schedule != "cosine" or r.top_k != 0:
+    raise JaxWorldError(
+        f"jaxworld export bundles MaskGIT with rollout.mask_schedule="
+        f"\"cosine\" and rollout.top_k=0; {workdir} has "
+        f"{r.mask_schedule!r} and top_k={r.top_k}. Train/rollout with the "
+        f"defaults to export.")
 
 
 def _cast(params: sampler.Params, dtype: Any) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ from jaxworld.config import Config, MeshConfig
 from jaxworld.data import pipeline
 from jaxworld.errors import JaxWorldError
 from jaxworld.eval import metrics
-from jaxworld.infer import media, sampler
+from jaxworld.infer import latent_actions, media, sampler
 from jaxworld.models import build
 from jaxworld.parallel import mesh as meshlib
 from jaxworld.train import checkpoint
@@ -49,9 +49,12 @@ def load_world_model(workdir: str | Path
   and the tokenizer step it was trained on."""
   cfg = checkpoint.read_config(workdir)
   if cfg.train.stage != "dynamics":
+    hint = (" (for a lam run, python bench/lam_report.py scores its latent "
+            "actions and writes a control GIF)" if cfg.train.stage == "lam"
+            else "")
     raise JaxWorldError(
         f"{workdir} is a {cfg.train.stage} run; rollout needs a dynamics run "
-        f"(`jaxworld train dynamics ... --workdir DIR`).")
+        f"(`jaxworld train dynamics ... --workdir DIR`){hint}.")
   steps = checkpoint.saved_steps(workdir)
   if not steps:
     raise JaxWorldError(f"{workdir} has no checkpoint yet; train it first.")
@@ -61,24 +64,37 @@ def load_world_model(workdir: str | Path
   return cfg, dynamics, tokenizer
 
 
+def load_lam(cfg: Config) -> nnx.Module:
+  """The LAM a latent-action dynamics run was trained with (pinned step)."""
+  return _restore(cfg, "lam", cfg.dynamics.lam_workdir, cfg.dynamics.lam_step)
+
+
 def rollout(cfg: Config, dynamics: nnx.Module, tokenizer: nnx.Module,
-            frames_ETHWC: np.ndarray, actions_ET: np.ndarray
-            ) -> dict[str, np.ndarray]:
+            frames_ETHWC: np.ndarray, actions_ET: np.ndarray,
+            lam: nnx.Module | None = None) -> dict[str, np.ndarray]:
   """Imagined, reconstructed and copy-last frames (uint8) for the horizon.
 
   frames_ETHWC: uint8 [episodes, >= context + horizon, H, W, C];
-  actions_ET: int [episodes, >= context + horizon].
+  actions_ET: int [episodes, >= context + horizon]. A latent-action model
+  (dynamics.actions="latent") is instead given the actions `lam` infers from
+  the true frames, as Genie evaluates: the score is then of the dynamics,
+  given the actions that happened.
   """
   r, window = cfg.rollout, cfg.data.window
   c, h = r.context_frames, r.horizon
   frames_ETHWC = frames_ETHWC[:, :c + h]
+  if cfg.dynamics.actions == "latent":
+    if lam is None:
+      raise JaxWorldError("This dynamics run is conditioned on latent "
+                          "actions; pass its LAM (rollout.load_lam(cfg)).")
+    actions_ET = latent_actions.infer(lam, frames_ETHWC, window)
   # Per-frame programs shared with `jaxworld export`: an exported bundle
   # replays exactly these calls (examples/play_bundle.py).
   tokens_ETN = sampler.encode_frames(tokenizer, frames_ETHWC, window)
   imagined_ETN = sampler.rollout_tokens(
       dynamics, tokens_ETN[:, :c], actions_ET[:, :c + h], h, window,
       jax.random.key(r.seed, impl=sampler.KEY_IMPL), r.temperature,
-      r.maskgit_steps)
+      r.maskgit_steps, r.mask_schedule, r.top_k)
   decode = lambda t: np.asarray(
       sampler.decode_frames(tokenizer, t, window, start=c))
   return {"truth": frames_ETHWC[:, c:],
@@ -105,9 +121,10 @@ def run(workdir: str | Path, out: str | Path | None = None,
   """Rolls out held-out episodes; writes rollout.gif/.png/.json to `out`."""
   cfg, dynamics, tokenizer = load_world_model(workdir)
   n = num_episodes or cfg.rollout.num_episodes
-  episodes = pipeline.load_episodes(data_path or cfg.data.path, "eval", n)
+  episodes = pipeline.load_episodes(data_path or pipeline.eval_path(cfg.data), "eval", n)
+  lam = load_lam(cfg) if cfg.dynamics.actions == "latent" else None
   frames = rollout(cfg, dynamics, tokenizer, episodes["frames"],
-                   episodes["actions"])
+                   episodes["actions"], lam)
   result = {"episodes": n, "context_frames": cfg.rollout.context_frames,
             "horizon": cfg.rollout.horizon, **score(frames)}
   out = Path(out or Path(workdir) / "rollout")

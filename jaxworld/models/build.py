@@ -9,8 +9,13 @@ import numpy as np
 from flax import nnx
 
 from jaxworld.config import BackboneConfig, Config
+from jaxworld.models.autoregressive import ARDynamics
 from jaxworld.models.dynamics import MaskGITDynamics
+from jaxworld.models.lam import LatentActionModel
 from jaxworld.models.tokenizer import VideoTokenizer
+
+# dynamics.kind -> model class.
+DYNAMICS = {"maskgit": MaskGITDynamics, "autoregressive": ARDynamics}
 
 
 def _backbone(b: BackboneConfig) -> dict:
@@ -37,19 +42,51 @@ def tokenizer(cfg: Config, rngs: nnx.Rngs) -> VideoTokenizer:
                         patch_size=t.patch_size, fsq_levels=t.fsq_levels,
                         max_frames=cfg.data.window,
                         encoder=_backbone(t.encoder),
-                        decoder=_backbone(t.decoder))
+                        decoder=_backbone(t.decoder),
+                        latent_dim=(t.latent_dim if t.kind == "continuous"
+                                    else 0))
 
 
-def dynamics(cfg: Config, rngs: nnx.Rngs) -> MaskGITDynamics:
+def num_actions(cfg: Config) -> int:
+  """Actions A the dynamics model is conditioned on: the dataset's, or the
+  LAM's codebook size."""
+  if cfg.dynamics.actions == "latent":
+    return num_latent_actions(cfg)
+  return cfg.dynamics.num_actions
+
+
+def num_latent_actions(cfg: Config) -> int:
+  """The LAM's codebook size K."""
+  return int(np.prod(cfg.lam.fsq_levels))
+
+
+def dynamics(cfg: Config, rngs: nnx.Rngs) -> MaskGITDynamics | ARDynamics:
   d = cfg.dynamics
-  return MaskGITDynamics(rngs, codebook_size=codebook_size(cfg),
-                         num_actions=d.num_actions, num_tokens=num_tokens(cfg),
-                         max_frames=cfg.data.window,
-                         backbone=_backbone(d.backbone))
+  return DYNAMICS[d.kind](rngs, codebook_size=codebook_size(cfg),
+                          num_actions=num_actions(cfg),
+                          num_tokens=num_tokens(cfg),
+                          max_frames=cfg.data.window,
+                          backbone=_backbone(d.backbone))
+
+
+def lam(cfg: Config, rngs: nnx.Rngs) -> LatentActionModel:
+  m = cfg.lam
+  return LatentActionModel(rngs, image_size=cfg.world.image_size,
+                           patch_size=m.patch_size, fsq_levels=m.fsq_levels,
+                           max_frames=cfg.data.window,
+                           encoder=_backbone(m.encoder),
+                           decoder=_backbone(m.decoder))
+
+
+class FrozenModels(nnx.Module):
+  """The trained models a dynamics run with latent actions reads."""
+
+  def __init__(self, tokenizer: VideoTokenizer, lam: LatentActionModel):
+    self.tokenizer, self.lam = tokenizer, lam
 
 
 def for_stage(cfg: Config, stage: str, seed: int) -> nnx.Module:
-  build = {"tokenizer": tokenizer, "dynamics": dynamics}[stage]
+  build = {"tokenizer": tokenizer, "dynamics": dynamics, "lam": lam}[stage]
   return build(cfg, nnx.Rngs(params=seed))
 
 

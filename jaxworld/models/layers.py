@@ -97,13 +97,24 @@ class Attention(nnx.Module):
     self.q_norm = RMSNorm(rngs, head_dim, axes.KV)
     self.k_norm = RMSNorm(rngs, head_dim, axes.KV)
 
-  def __call__(self, x_BLD: jax.Array, is_causal: bool) -> jax.Array:
-    q_BLNK = self.q_norm(self.q(x_BLD))
-    k_BLNK = self.k_norm(self.k(x_BLD))
-    v_BLNK = self.v(x_BLD)
-    o_BLNK = jax.nn.dot_product_attention(q_BLNK, k_BLNK, v_BLNK,
+  def qkv(self, x_BLD: jax.Array
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Normalised queries, keys and values [B, L, N, K]."""
+    return (self.q_norm(self.q(x_BLD)), self.k_norm(self.k(x_BLD)),
+            self.v(x_BLD))
+
+  def attend(self, q_BLNK: jax.Array, k_BSNK: jax.Array, v_BSNK: jax.Array,
+             is_causal: bool = False, mask_S: jax.Array | None = None
+             ) -> jax.Array:
+    """Output [B, L, D] of queries over S keys; `mask_S` (bool [S]) hides
+    keys, e.g. the unfilled slots of a KV cache."""
+    mask = None if mask_S is None else mask_S[None, None, None, :]
+    o_BLNK = jax.nn.dot_product_attention(q_BLNK, k_BSNK, v_BSNK, mask=mask,
                                           is_causal=is_causal)
     return self.out(o_BLNK)
+
+  def __call__(self, x_BLD: jax.Array, is_causal: bool) -> jax.Array:
+    return self.attend(*self.qkv(x_BLD), is_causal=is_causal)
 
 
 class MLP(nnx.Module):

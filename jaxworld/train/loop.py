@@ -132,41 +132,60 @@ def _with_tokenizer_config(cfg: Config, workdir: Path, resume: bool
     raise JaxWorldError("The dynamics stage needs a trained tokenizer: set "
                         "dynamics.tokenizer_workdir=<tokenizer run workdir>.")
   tok_cfg = checkpoint.read_config(tok_dir)
-  for key, mine, theirs in (
-      ("data.window", cfg.data.window, tok_cfg.data.window),
-      ("world.image_size", cfg.world.image_size, tok_cfg.world.image_size)):
-    if mine != theirs:
-      raise JaxWorldError(
-          f"The tokenizer in {tok_dir} was trained with {key}={theirs}, but "
-          f"this run has {key}={mine}. Use {key}={theirs}, or train a "
-          f"tokenizer for this setting.")
-  step = cfg.dynamics.tokenizer_step
-  saved = workdir / "config.json"
-  if step == 0 and resume and saved.exists():
-    step = configlib.load(saved).dynamics.tokenizer_step  # stay pinned
-  if step == 0:
-    steps = checkpoint.saved_steps(tok_dir)
-    if not steps:
-      raise JaxWorldError(f"The tokenizer run {tok_dir} has no checkpoint "
-                          f"yet; train it first.")
-    step = steps[-1]
-  return dataclasses.replace(
+  _check_same(cfg, tok_cfg, tok_dir, "tokenizer")
+  step = _pinned_step(workdir, resume, "tokenizer_step",
+                      cfg.dynamics.tokenizer_step, tok_dir, "tokenizer")
+  cfg = dataclasses.replace(
       cfg, tokenizer=tok_cfg.tokenizer,
       dynamics=dataclasses.replace(cfg.dynamics, tokenizer_step=step))
+  return _with_lam_config(cfg, workdir, resume)
+
+
+def _with_lam_config(cfg: Config, workdir: Path, resume: bool) -> Config:
+  if cfg.dynamics.actions != "latent":
+    return cfg
+  lam_dir = cfg.dynamics.lam_workdir
+  if not lam_dir:
+    raise JaxWorldError("dynamics.actions=\"latent\" needs a trained latent "
+                        "action model: set dynamics.lam_workdir=<run of "
+                        "`jaxworld train lam`>.")
+  lam_cfg = checkpoint.read_config(lam_dir)
+  if lam_cfg.train.stage != "lam":
+    raise JaxWorldError(f"dynamics.lam_workdir={lam_dir} is a "
+                        f"{lam_cfg.train.stage} run; give a lam run.")
+  _check_same(cfg, lam_cfg, lam_dir, "LAM")
+  step = _pinned_step(workdir, resume, "lam_step", cfg.dynamics.lam_step,
+                      lam_dir, "LAM")
+  return dataclasses.replace(
+      cfg, lam=lam_cfg.lam,
+      dynamics=dataclasses.replace(cfg.dynamics, lam_step=step))
+
+
+def _restore_frozen(cfg: Config, stage: str, run_dir: str, step: int,
+                    mesh: Any) -> tuple[Any, nnx.State]:
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: build.for_stage(cfg, stage, 0)))
+  shardings = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
+  state = checkpoint.restore_model(run_dir, abstract, shardings, step)
+  log.info("loaded %s from %s (step %d)", stage, run_dir, step)
+  return graphdef, state
 
 
 def _frozen_tokenizer(cfg: Config, mesh: Any) -> steplib.Frozen | None:
-  """For the dynamics stage: the trained tokenizer, sharded over `mesh`."""
+  """For the dynamics stage: the trained tokenizer, sharded over `mesh`
+  (with latent actions: tokenizer and LAM as one `build.FrozenModels`)."""
   if cfg.train.stage != "dynamics":
     return None
   d = cfg.dynamics
-  graphdef, abstract = nnx.split(nnx.eval_shape(
-      lambda: build.tokenizer(cfg, nnx.Rngs(0))))
-  shardings = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
-  state = checkpoint.restore_model(d.tokenizer_workdir, abstract, shardings,
-                                   d.tokenizer_step)
-  log.info("loaded tokenizer from %s (step %d)", d.tokenizer_workdir,
-           d.tokenizer_step)
+  tok_graphdef, tok_state = _restore_frozen(cfg, "tokenizer",
+                                            d.tokenizer_workdir,
+                                            d.tokenizer_step, mesh)
+  if d.actions != "latent":
+    return steplib.Frozen(tok_graphdef, tok_state)
+  _, lam_state = _restore_frozen(cfg, "lam", d.lam_workdir, d.lam_step, mesh)
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: build.FrozenModels(
+      build.tokenizer(cfg, nnx.Rngs(0)), build.lam(cfg, nnx.Rngs(0)))))
+  state["tokenizer"], state["lam"] = tok_state, lam_state
   return steplib.Frozen(graphdef, state)
 
 

@@ -1,8 +1,8 @@
 """Training objectives, one per stage.
 
 An objective has two parts: `prepare(frozen, batch)` runs the models a stage
-reads but does not train (the tokenizer, for the dynamics stage) outside the
-gradient, and `loss(model, batch, rng) -> (loss, metrics)` is differentiated.
+reads but does not train (the tokenizer, and the LAM when dynamics.actions is
+"latent", for the dynamics stage) outside the gradient, and `loss(model, batch, rng) -> (loss, metrics)` is differentiated.
 Batches arrive as on the host: uint8 frames, int32 actions.
 """
 
@@ -67,14 +67,29 @@ def dynamics_mask(rng: jax.Array, shape_BTN: tuple[int, int, int],
   return hide_BTN & target_BT[..., None]
 
 
+def _dynamics_inputs(cfg: Config):
+  """prepare() of every dynamics kind: target tokens from the frozen
+  tokenizer and the actions to condition on, real or inferred by the frozen
+  LAM (frozen is then `build.FrozenModels`)."""
+  latent = cfg.dynamics.actions == "latent"
+
+  def prepare(frozen, batch):
+    frames_BTHWC = to_unit_float(batch["frames"])
+    tokenizer = frozen.tokenizer if latent else frozen
+    actions_BT = batch["actions"]
+    if latent:  # a_t is the transition t -> t+1; the last one is unused
+      actions_BTm1 = frozen.lam.actions(frames_BTHWC)
+      actions_BT = jnp.concatenate(
+          [actions_BTm1, jnp.zeros_like(actions_BTm1[:, :1])], 1)
+    return {"tokens": tokenizer.encode(frames_BTHWC), "actions": actions_BT}
+
+  return prepare
+
+
 def dynamics_objective(cfg: Config) -> Objective:
   """Cross-entropy of the hidden tokens given history, visible tokens and
   actions. The frozen tokenizer turns frames into target tokens in-step."""
   d = cfg.dynamics
-
-  def prepare(tokenizer, batch):
-    return {"tokens": tokenizer.encode(to_unit_float(batch["frames"])),
-            "actions": batch["actions"]}
 
   def loss(model, batch, rng):
     tokens_BTN = batch["tokens"]
@@ -90,9 +105,45 @@ def dynamics_objective(cfg: Config) -> Objective:
     return loss, {"masked_accuracy": jnp.sum(hit_BTN * weight_BTN) / count,
                   "mask_fraction": jnp.mean(weight_BTN)}
 
-  return Objective(loss, prepare)
+  return Objective(loss, _dynamics_inputs(cfg))
+
+
+def autoregressive_objective(cfg: Config) -> Objective:
+  """Teacher-forced next-token cross-entropy over the tokens of frames >= 1
+  (frame 0 has no action leading into it; a rollout always starts from real
+  context)."""
+
+  def loss(model, batch, rng):
+    del rng
+    tokens_BTN = batch["tokens"]
+    logits_BTNV = model(tokens_BTN, batch["actions"])[:, 1:]
+    targets_BTN = tokens_BTN[:, 1:]
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits_BTNV, targets_BTN))
+    accuracy = jnp.mean(
+        (jnp.argmax(logits_BTNV, -1) == targets_BTN).astype(jnp.float32))
+    return ce, {"token_accuracy": accuracy}
+
+  return Objective(loss, _dynamics_inputs(cfg))
+
+
+def lam_objective(cfg: Config) -> Objective:
+  """Next-frame pixel MSE through the latent-action bottleneck (FSQ: no
+  codebook losses)."""
+  del cfg
+
+  def loss(model, batch, rng):
+    del rng
+    frames_BTHWC = to_unit_float(batch["frames"])
+    pred_BTm1HWC, _, aux = model(frames_BTHWC)
+    mse = jnp.mean((pred_BTm1HWC - frames_BTHWC[:, 1:]) ** 2)
+    return mse, {"mse": mse, "psnr": psnr_from_mse(mse), **aux}
+
+  return Objective(loss)
 
 
 def for_stage(cfg: Config, stage: str) -> Objective:
-  return {"tokenizer": tokenizer_objective,
-          "dynamics": dynamics_objective}[stage](cfg)
+  if stage == "dynamics":
+    return {"maskgit": dynamics_objective,
+            "autoregressive": autoregressive_objective}[cfg.dynamics.kind](cfg)
+  return {"tokenizer": tokenizer_objective, "lam": lam_objective}[stage](cfg)

@@ -1,0 +1,117 @@
+"""Cost of each model variant: parameters, train FLOPs per step (XLA's cost
+analysis of the compiled step), train steps/s and sampled frames/s, on
+random data and random weights (a trained model costs the same).
+
+    python bench/models.py dynamics dynamics_ar dynamics_latent lam \
+        [--steps 10] [--out bench_models.json] [overrides...]
+
+Prints one line per config; with --out also writes them as JSON. Sampled
+frames/s: `jaxworld rollout`'s token sampler, 16 episodes, 4 context frames
+-> 8 imagined (tokens only, no decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import common
+
+
+def _load(name: str, overrides: list[str]):
+  """As training sees it: a dynamics config gets the tokenizer section of
+  configs/tokenizer.toml and, with latent actions, the lam section of
+  configs/lam.toml (the runs they read)."""
+  import dataclasses
+  from jaxworld import config as configlib
+  cfg = common.load(name, overrides)
+  if cfg.train.stage == "dynamics" and cfg.dynamics.actions == "latent":
+    lam = configlib.load(configlib.resolve("lam")).lam
+    cfg = dataclasses.replace(cfg, lam=lam)
+  return cfg
+
+
+def _frozen(cfg, mesh):
+  import jax
+  from flax import nnx
+  from jaxworld.models import build
+  from jaxworld.parallel import mesh as meshlib
+  from jaxworld.train import step as steplib
+  if cfg.train.stage != "dynamics":
+    return None
+  model = build.tokenizer(cfg, nnx.Rngs(0))
+  if cfg.dynamics.actions == "latent":
+    model = build.FrozenModels(model, build.lam(cfg, nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  return steplib.Frozen(graphdef, jax.device_put(
+      state, meshlib.param_shardings(state, mesh, cfg.mesh.rules)))
+
+
+def _flops(compiled) -> float:
+  cost = compiled.step.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
+def _frames_per_second(cfg, episodes: int = 16) -> float:
+  import jax
+  import numpy as np
+  from flax import nnx
+  from jaxworld.infer import sampler
+  from jaxworld.models import build
+  r, window = cfg.rollout, cfg.data.window
+  model = build.dynamics(cfg, nnx.Rngs(0))
+  n, v = build.num_tokens(cfg), build.codebook_size(cfg)
+  rng = np.random.default_rng(0)
+  context = rng.integers(0, v, (episodes, 4, n)).astype(np.int32)
+  actions = rng.integers(0, build.num_actions(cfg), (episodes, 12))
+
+  def run():
+    out = sampler.rollout_tokens(model, context, actions, 8, window,
+                                 jax.random.key(0), r.temperature,
+                                 r.maskgit_steps, r.mask_schedule, r.top_k)
+    return jax.block_until_ready(out)
+
+  run()  # compiles every history length
+  t0 = time.perf_counter()
+  run()
+  return episodes * 8 / (time.perf_counter() - t0)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("configs", nargs="+", help="config names or paths; "
+                 "section.key=value items are overrides for all")
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--out", default=None)
+  args = p.parse_args()
+  names = [c for c in args.configs if "=" not in c]
+  overrides = [c for c in args.configs if "=" in c]
+  from jaxworld.models import build
+  from jaxworld.parallel import mesh as meshlib
+  rows = []
+  for name in names:
+    cfg = _load(name, overrides)
+    mesh = meshlib.make_mesh(cfg.mesh)
+    frozen = _frozen(cfg, mesh)
+    from jaxworld.train import step as steplib
+    compiled = steplib.compile_step(cfg, cfg.train.stage, mesh, frozen)
+    batch = common.random_batch(cfg, compiled.batch_shardings)
+    dt = common.time_steps(compiled, frozen, batch, args.steps)
+    row = {"config": name, "stage": cfg.train.stage,
+           "kind": cfg.dynamics.kind if cfg.train.stage == "dynamics" else "",
+           "params": build.count_params(compiled.init()["model"]),
+           "train_gflops_per_step": round(_flops(compiled) / 1e9, 2),
+           "train_steps_per_s": round(1 / dt, 2),
+           "sampled_frames_per_s": (round(_frames_per_second(cfg), 1)
+                                    if cfg.train.stage == "dynamics" else None)}
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxworld.models.layers import Dense, make_param
+from jaxworld.models.layers import (Dense, action_into_frame, make_param,
+                                     padded_rows)
 from jaxworld.models.st_transformer import STTransformer
 from jaxworld.parallel import axes
 
@@ -35,8 +36,7 @@ class ARDynamics(nnx.Module):
     self.begin_token = codebook_size  # one extra embedding row
     self.no_action = num_actions
     init = jax.nn.initializers.normal(0.02)
-    # Padded to a multiple of 128 as in MaskGIT (tensor-parallel splits).
-    rows = -(-(codebook_size + 1) // 128) * 128
+    rows = padded_rows(codebook_size + 1)
     self.token_embed_VD = make_param(rngs, init, (rows, width),
                                      (axes.VOCAB, axes.EMBED))
     self.action_embed_AD = make_param(rngs, init, (num_actions + 1, width),
@@ -49,10 +49,8 @@ class ARDynamics(nnx.Module):
 
   def _action_in(self, actions_BT: jax.Array) -> jax.Array:
     """[B, T, D]: the action leading into each frame (frame 0: none)."""
-    prev_BT = jnp.concatenate(
-        [jnp.full_like(actions_BT[:, :1], self.no_action), actions_BT[:, :-1]],
-        axis=1)
-    return self.action_embed_AD[...][prev_BT]
+    return self.action_embed_AD[...][action_into_frame(actions_BT,
+                                                       self.no_action)]
 
   def _inputs(self, tokens_BTN: jax.Array, actions_BT: jax.Array
               ) -> jax.Array:

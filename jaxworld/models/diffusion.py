@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxworld.models.layers import Dense, make_param
+from jaxworld.models.layers import Dense, action_into_frame, make_param
 from jaxworld.models.st_transformer import STTransformer
 from jaxworld.parallel import axes
 
@@ -60,9 +60,7 @@ class DiffusionDynamics(nnx.Module):
     angle_BTF = level_BT[..., None] * freqs_F[None, None]
     level_BTD = self.level_in(jnp.concatenate(
         [jnp.sin(angle_BTF), jnp.cos(angle_BTF)], -1))
-    prev_actions_BT = jnp.concatenate(
-        [jnp.full_like(actions_BT[:, :1], self.no_action), actions_BT[:, :-1]],
-        axis=1)
+    prev_actions_BT = action_into_frame(actions_BT, self.no_action)
     cond_BTD = level_BTD + self.action_embed_AD[...][prev_actions_BT]
     x_BTND = self.latent_in(noisy_BTNE) + cond_BTD[:, :, None]
     out_BTNE = self.head(self.backbone(x_BTND)).astype(jnp.float32)

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxworld.models.layers import Dense, make_param
+from jaxworld.models.layers import (Dense, action_into_frame, make_param,
+                                     padded_rows)
 from jaxworld.models.st_transformer import STTransformer
 from jaxworld.parallel import axes
 
@@ -33,9 +34,8 @@ class MaskGITDynamics(nnx.Module):
     self.no_action = num_actions     # one extra embedding row
     init = jax.nn.initializers.normal(0.02)
     # Both vocab tables (V codes + the mask token in, V logits out) are
-    # padded to a multiple of 128 so the vocab axis splits evenly over any
-    # tensor-parallel size up to 128; padded logits are sliced off.
-    rows = -(-(codebook_size + 1) // 128) * 128
+    # padded (layers.padded_rows); padded logits are sliced off.
+    rows = padded_rows(codebook_size + 1)
     self.token_embed_VD = make_param(rngs, init, (rows, width),
                                      (axes.VOCAB, axes.EMBED))
     self.action_embed_AD = make_param(rngs, init, (num_actions + 1, width),
@@ -50,9 +50,7 @@ class MaskGITDynamics(nnx.Module):
     """actions[:, t] is the action taken after frame t (the last is unused)."""
     input_BTN = jnp.where(mask_BTN, self.mask_token, tokens_BTN)
     x_BTND = self.token_embed_VD[...][input_BTN]
-    prev_actions_BT = jnp.concatenate(
-        [jnp.full_like(actions_BT[:, :1], self.no_action), actions_BT[:, :-1]],
-        axis=1)
+    prev_actions_BT = action_into_frame(actions_BT, self.no_action)
     x_BTND = x_BTND + self.action_embed_AD[...][prev_actions_BT][:, :, None]
     logits_BTNV = self.head(self.backbone(x_BTND))[..., :self.codebook_size]
     return logits_BTNV.astype(jnp.float32)

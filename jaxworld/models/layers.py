@@ -129,3 +129,16 @@ class MLP(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down(jax.nn.gelu(self.up(x)))
+
+
+def padded_rows(size: int) -> int:
+  """Rows of a vocab table holding `size` entries, padded to a multiple of
+  128 so the vocab axis splits evenly over any tensor-parallel size <= 128."""
+  return -(-size // 128) * 128
+
+
+def action_into_frame(actions_BT: jax.Array, no_action: int) -> jax.Array:
+  """[B, T]: the action leading into each frame, from actions[:, t] taken
+  after frame t; frame 0 gets `no_action`."""
+  return jnp.concatenate(
+      [jnp.full_like(actions_BT[:, :1], no_action), actions_BT[:, :-1]], 1)

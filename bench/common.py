@@ -20,12 +20,15 @@ def simulate_cpu_devices(n: int) -> None:
 
 
 def load(name: str, overrides: list[str]) -> Any:
-  """A repo config by name; a dynamics config gets the tokenizer config's
-  tokenizer section, as in training."""
+  """A repo config by name; a dynamics config gets the tokenizer section of
+  configs/tokenizer.toml (diffusion: tokenizer_continuous.toml), as
+  training takes it from the tokenizer run."""
   from jaxworld import config as configlib
   cfg = configlib.load(configlib.resolve(name), overrides)
   if cfg.train.stage == "dynamics":
-    tok = configlib.load(configlib.resolve("tokenizer")).tokenizer
+    tok_name = ("tokenizer_continuous" if cfg.dynamics.kind == "diffusion"
+                else "tokenizer")
+    tok = configlib.load(configlib.resolve(tok_name)).tokenizer
     cfg = dataclasses.replace(cfg, tokenizer=tok)
   return cfg
 

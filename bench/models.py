@@ -2,12 +2,13 @@
 analysis of the compiled step), train steps/s and sampled frames/s, on
 random data and random weights (a trained model costs the same).
 
-    python bench/models.py dynamics dynamics_ar dynamics_latent lam \
+    python bench/models.py dynamics dynamics_ar dynamics_diffusion \
+        dynamics_latent lam \
         [--steps 10] [--out bench_models.json] [overrides...]
 
 Prints one line per config; with --out also writes them as JSON. Sampled
-frames/s: `jaxworld rollout`'s token sampler, 16 episodes, 4 context frames
--> 8 imagined (tokens only, no decoding).
+frames/s: `jaxworld rollout`'s sampler, 16 episodes, 4 context frames
+-> 8 imagined (tokens or latents only, no decoding).
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import common
 
 
 def _load(name: str, overrides: list[str]):
-  """As training sees it: a dynamics config gets the tokenizer section of
-  configs/tokenizer.toml and, with latent actions, the lam section of
-  configs/lam.toml (the runs they read)."""
+  """As training sees it (`common.load`) and, with latent actions, with the
+  lam section of configs/lam.toml (the run it reads)."""
   import dataclasses
   from jaxworld import config as configlib
   cfg = common.load(name, overrides)
@@ -64,13 +64,18 @@ def _frames_per_second(cfg, episodes: int = 16) -> float:
   model = build.dynamics(cfg, nnx.Rngs(0))
   n, v = build.num_tokens(cfg), build.codebook_size(cfg)
   rng = np.random.default_rng(0)
-  context = rng.integers(0, v, (episodes, 4, n)).astype(np.int32)
+  if cfg.dynamics.kind == "diffusion":
+    context = rng.uniform(-1, 1, (episodes, 4, n, cfg.tokenizer.latent_dim)
+                          ).astype(np.float32)
+  else:
+    context = rng.integers(0, v, (episodes, 4, n)).astype(np.int32)
   actions = rng.integers(0, build.num_actions(cfg), (episodes, 12))
 
   def run():
     out = sampler.rollout_tokens(model, context, actions, 8, window,
                                  jax.random.key(0), r.temperature,
-                                 r.maskgit_steps, r.mask_schedule, r.top_k)
+                                 sampler.steps_per_frame(cfg.dynamics.kind, r),
+                                 r.mask_schedule, r.top_k)
     return jax.block_until_ready(out)
 
   run()  # compiles every history length

@@ -131,11 +131,13 @@ class TokenizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DynamicsConfig:
-  """Dynamics over tokenizer tokens (MaskGIT or causal autoregressive),
-  conditioned on real actions or on a trained LAM's latent actions."""
+  """Dynamics over the tokenizer's codes (MaskGIT, causal autoregressive or
+  diffusion forcing), conditioned on real actions or a trained LAM's."""
   kind: str = field("maskgit", "Dynamics model: maskgit (parallel decoding "
-                    "of masked tokens) or autoregressive (causal over "
-                    "tokens in raster order, sampled with a KV cache).")
+                    "of masked tokens), autoregressive (causal over tokens "
+                    "in raster order, sampled with a KV cache) or diffusion "
+                    "(diffusion forcing over a continuous tokenizer's "
+                    "latents).")
   actions: str = field("real", "Conditioning: real (the dataset's actions) "
                        "or latent (a trained LAM's, see dynamics.lam_workdir).")
   lam_workdir: str = field("", "Run directory of the trained latent action "
@@ -218,6 +220,8 @@ class RolloutConfig:
                              "token).")
   top_k: int = field(0, "Sample only among the k most likely tokens "
                      "(0 = all); applies to maskgit and autoregressive.")
+  diffusion_steps: int = field(4, "Denoising steps per frame of diffusion "
+                               "dynamics.")
   seed: int = field(0, "Sampling seed.")
 
 

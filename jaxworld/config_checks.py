@@ -35,6 +35,7 @@ def validate(cfg: Config) -> None:
       "rollout.horizon": cfg.rollout.horizon,
       "rollout.num_episodes": cfg.rollout.num_episodes,
       "rollout.maskgit_steps": cfg.rollout.maskgit_steps,
+      "rollout.diffusion_steps": cfg.rollout.diffusion_steps,
       "dynamics.num_actions": cfg.dynamics.num_actions,
       "train.learning_rate": t.learning_rate}
   for key, value in positive.items():
@@ -119,7 +120,7 @@ def validate(cfg: Config) -> None:
           f"[logical_name, [mesh_axes...]] or [logical_name, []].")
 
 
-DYNAMICS_KINDS = ("maskgit", "autoregressive")
+DYNAMICS_KINDS = ("maskgit", "autoregressive", "diffusion")
 MASK_SCHEDULES = ("cosine", "linear", "square")
 
 

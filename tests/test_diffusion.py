@@ -1,14 +1,25 @@
 """Diffusion-forcing dynamics over continuous latents: shapes, causality,
-the few-step sampler, and learning one tiny batch."""
+the few-step sampler, learning one tiny batch, and the CLI path
+(continuous tokenizer -> diffusion dynamics -> rollout)."""
+
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
-from jaxworld.models import diffusion
+from conftest import TINY, tiny_config
+from jaxworld import cli
+from jaxworld.infer import sampler
+from jaxworld.models import build, diffusion
 from jaxworld.models.quantizer import Continuous
+from jaxworld.train import objectives
+
+DIFFUSION = ('dynamics.kind="diffusion"', 'tokenizer.kind="continuous"',
+             f"tokenizer.latent_dim={4}")
 
 B, T, N, E, A = 2, 4, 16, 4, 5
 BACKBONE = {"width": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2}
@@ -79,3 +90,81 @@ def test_loss_falls_on_one_tiny_batch():
   # The same noise every step: a fixed regression target to over-fit.
   losses = [float(step(model, opt, jax.random.key(1))) for _ in range(60)]
   assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+def test_objective_through_the_stage_registry_learns():
+  cfg = tiny_config(*DIFFUSION)
+  model = build.dynamics(cfg, nnx.Rngs(0))
+  assert isinstance(model, diffusion.DiffusionDynamics)
+  objective = objectives.for_stage(cfg, "dynamics")
+  latents, actions = _batch()
+  opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, opt):
+    loss_fn = lambda m: objective.loss(
+        m, {"tokens": latents, "actions": actions}, jax.random.key(1))
+    (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    opt.update(model, grads)
+    return loss, metrics
+
+  losses = [float(step(model, opt)[0]) for _ in range(40)]
+  assert losses[-1] < 0.5 * losses[0], losses[::10]
+  assert "mse_high_noise" in step(model, opt)[1]
+
+
+def test_rollout_sampler_extends_latents_deterministically():
+  model = _model()
+  latents, actions = _batch()
+  actions = jnp.concatenate([actions, actions], 1)  # context + horizon
+  roll = lambda seed: sampler.rollout_tokens(
+      model, latents[:, :2], actions, horizon=3, window=T,
+      rng=jax.random.key(seed), steps=2)
+  a = roll(0)
+  assert a.shape == (B, 5, N, E) and a.dtype == jnp.float32
+  np.testing.assert_array_equal(a[:, :2], latents[:, :2])
+  np.testing.assert_array_equal(a, roll(0))
+  assert not np.allclose(a[:, 2:], roll(1)[:, 2:])  # the noise is the seed's
+
+
+@pytest.fixture(scope="module")
+def continuous_tokenizer(tiny_dataset, tmp_path_factory):
+  run = tmp_path_factory.mktemp("continuous") / "tokenizer"
+  assert cli.main(["train", "tokenizer", *TINY, *DIFFUSION[1:],
+                   f"data.path={tiny_dataset}", "--workdir", str(run)]) == 0
+  return run
+
+
+def test_trains_and_rolls_out_through_the_cli(tiny_dataset,
+                                              continuous_tokenizer, tmp_path,
+                                              capsys):
+  run = tmp_path / "diffusion"
+  assert cli.main(["train", "dynamics", *TINY, DIFFUSION[0],
+                   "rollout.diffusion_steps=2", f"data.path={tiny_dataset}",
+                   f"dynamics.tokenizer_workdir={continuous_tokenizer}",
+                   "--workdir", str(run)]) == 0
+  last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+  assert np.isfinite(last["loss"]) and "mse_high_noise" in last
+  out = tmp_path / "roll"
+  assert cli.main(["rollout", "--workdir", str(run), "--out", str(out),
+                   "--episodes", "2"]) == 0
+  result = json.loads((out / "rollout.json").read_text())
+  assert np.isfinite(result["psnr_model"]) and result["horizon"] == 3
+  capsys.readouterr()
+  assert cli.main(["export", "--workdir", str(run),
+                   "--out", str(tmp_path / "bundle")]) == 2
+  assert 'supports dynamics.kind="maskgit"' in capsys.readouterr().err
+
+
+def test_tokenizer_kind_must_fit_the_dynamics(tiny_demo, tiny_dataset,
+                                              continuous_tokenizer, tmp_path,
+                                              capsys):
+  for kind, tokenizer in (("diffusion", tiny_demo / "tokenizer"),
+                          ("maskgit", continuous_tokenizer)):
+    assert cli.main(["train", "dynamics", *TINY, f'dynamics.kind="{kind}"',
+                     f"data.path={tiny_dataset}",
+                     f"dynamics.tokenizer_workdir={tokenizer}",
+                     "--workdir", str(tmp_path / kind)]) == 2
+    err = capsys.readouterr().err
+    assert f"dynamics.kind={kind!r} needs a tokenizer" in err, err
+    assert "point dynamics.tokenizer_workdir" in err

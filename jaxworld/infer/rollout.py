@@ -94,7 +94,7 @@ def rollout(cfg: Config, dynamics: nnx.Module, tokenizer: nnx.Module,
   imagined_ETN = sampler.rollout_tokens(
       dynamics, tokens_ETN[:, :c], actions_ET[:, :c + h], h, window,
       jax.random.key(r.seed, impl=sampler.KEY_IMPL), r.temperature,
-      r.maskgit_steps, r.mask_schedule, r.top_k)
+      sampler.steps_per_frame(cfg.dynamics.kind, r), r.mask_schedule, r.top_k)
   decode = lambda t: np.asarray(
       sampler.decode_frames(tokenizer, t, window, start=c))
   return {"truth": frames_ETHWC[:, c:],

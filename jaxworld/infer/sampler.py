@@ -5,7 +5,10 @@ predicts every hidden token, keeps the most confident ones and re-hides the
 rest, following a schedule (cosine by default, `rollout.mask_schedule`),
 until no token is hidden. Autoregressive: the history fills a KV cache in one
 pass, then the frame's tokens are sampled one at a time in raster order.
-Both sample with `temperature` among the `top_k` most likely tokens. History is a
+Both sample with `temperature` among the `top_k` most likely tokens.
+Diffusion: the new frame's continuous latents are denoised from Gaussian
+noise in `rollout.diffusion_steps` steps (`models/diffusion.py`); "tokens"
+below are then latents [B, T, N, E]. History is a
 sliding window of the model's training length, so rollouts can run for any
 number of frames.
 
@@ -29,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxworld.config import RolloutConfig
+from jaxworld.models import diffusion
 from jaxworld.models.autoregressive import ARDynamics
 from jaxworld.models.dynamics import MaskGITDynamics
 from jaxworld.models.tokenizer import VideoTokenizer
@@ -45,6 +50,12 @@ SCHEDULES = {
     "linear": lambda r: 1.0 - r,
     "square": lambda r: 1.0 - r * r,
 }
+
+
+def steps_per_frame(kind: str, r: RolloutConfig) -> int:
+  """Model passes per imagined frame: diffusion's denoising steps or
+  MaskGIT's refinements (an autoregressive model takes one per token)."""
+  return r.diffusion_steps if kind == "diffusion" else r.maskgit_steps
 
 
 def hidden_after(step: int, steps: int, n: int,
@@ -179,7 +190,9 @@ def dynamics_step(graphdef: nnx.GraphDef, steps: int, params: Params,
   `actions_BT[:, t]` is the action taken after history frame t, so the last
   one leads into the new frame. `rng_2` is raw uint32[2] key data; the
   per-frame split happens here so callers only thread the returned key.
-  `steps` and `schedule` are MaskGIT's (an autoregressive model ignores them).
+  `steps` are MaskGIT's refinements or diffusion's denoising steps
+  (`steps_per_frame`); `schedule` is MaskGIT's. Diffusion ignores
+  temperature and top_k: `rng` draws its starting noise.
   """
   model = _merge(graphdef, params)
   rng, key = jax.random.split(jax.random.wrap_key_data(rng_2, impl=KEY_IMPL))
@@ -187,6 +200,10 @@ def dynamics_step(graphdef: nnx.GraphDef, steps: int, params: Params,
     new_BN, _ = sample_next_frame_ar(model, history_BTN, actions_BT, key,
                                      temperature, top_k)
     return new_BN, jax.random.key_data(rng)
+  if isinstance(model, diffusion.DiffusionDynamics):
+    new_BNE = diffusion.sample_next_frame(model, history_BTN, actions_BT, key,
+                                          steps)
+    return new_BNE, jax.random.key_data(rng)
   # The new frame's slot, and the action after it, which the model never
   # reads (frame t sees the action after frame t-1).
   tokens_BTN = jnp.concatenate(
@@ -206,7 +223,8 @@ _dynamics_step = jax.jit(dynamics_step, static_argnums=(0, 1, 7, 8))
 # ----------------------------------------------------- host-side loops
 
 
-def rollout_tokens(model: MaskGITDynamics | ARDynamics, context_BTN: jax.Array,
+def rollout_tokens(model: MaskGITDynamics | ARDynamics |
+                   diffusion.DiffusionDynamics, context_BTN: jax.Array,
                    actions_BT: jax.Array, horizon: int, window: int,
                    rng: jax.Array, temperature: float = 0.0, steps: int = 8,
                    schedule: str = "cosine", top_k: int = 0) -> jax.Array:
@@ -217,7 +235,7 @@ def rollout_tokens(model: MaskGITDynamics | ARDynamics, context_BTN: jax.Array,
   """
   graphdef, params = model_params(model)
   rng_2 = jax.random.key_data(rng)
-  tokens = list(jnp.moveaxis(jnp.asarray(context_BTN, jnp.int32), 1, 0))
+  tokens = list(jnp.moveaxis(jnp.asarray(context_BTN), 1, 0))
   for _ in range(horizon):
     t = len(tokens)
     lo = max(0, t + 1 - window)  # the new frame is the window's last

@@ -10,12 +10,14 @@ from flax import nnx
 
 from jaxworld.config import BackboneConfig, Config
 from jaxworld.models.autoregressive import ARDynamics
+from jaxworld.models.diffusion import DiffusionDynamics
 from jaxworld.models.dynamics import MaskGITDynamics
 from jaxworld.models.lam import LatentActionModel
 from jaxworld.models.tokenizer import VideoTokenizer
 
 # dynamics.kind -> model class.
-DYNAMICS = {"maskgit": MaskGITDynamics, "autoregressive": ARDynamics}
+DYNAMICS = {"maskgit": MaskGITDynamics, "autoregressive": ARDynamics,
+            "diffusion": DiffusionDynamics}
 
 
 def _backbone(b: BackboneConfig) -> dict:
@@ -60,13 +62,15 @@ def num_latent_actions(cfg: Config) -> int:
   return int(np.prod(cfg.lam.fsq_levels))
 
 
-def dynamics(cfg: Config, rngs: nnx.Rngs) -> MaskGITDynamics | ARDynamics:
+def dynamics(cfg: Config, rngs: nnx.Rngs
+             ) -> MaskGITDynamics | ARDynamics | DiffusionDynamics:
   d = cfg.dynamics
-  return DYNAMICS[d.kind](rngs, codebook_size=codebook_size(cfg),
-                          num_actions=num_actions(cfg),
-                          num_tokens=num_tokens(cfg),
-                          max_frames=cfg.data.window,
-                          backbone=_backbone(d.backbone))
+  common = dict(num_actions=num_actions(cfg), num_tokens=num_tokens(cfg),
+                max_frames=cfg.data.window, backbone=_backbone(d.backbone))
+  if d.kind == "diffusion":  # predicts continuous latents, not tokens
+    return DiffusionDynamics(rngs, latent_dim=cfg.tokenizer.latent_dim,
+                             **common)
+  return DYNAMICS[d.kind](rngs, codebook_size=codebook_size(cfg), **common)
 
 
 def lam(cfg: Config, rngs: nnx.Rngs) -> LatentActionModel:

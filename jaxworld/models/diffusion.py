@@ -34,9 +34,7 @@ class DiffusionDynamics(nnx.Module):
   latents [B, T, N, E]."""
 
   def __init__(self, rngs: nnx.Rngs, *, latent_dim: int, num_actions: int,
-               num_tokens: int, max_frames: int, backbone: dict[str, Any],
-               **unused: Any):
-    del unused  # the discrete variants' codebook_size
+               num_tokens: int, max_frames: int, backbone: dict[str, Any]):
     width = backbone["width"]
     self.latent_dim = latent_dim
     self.no_action = num_actions  # one extra embedding row

@@ -133,6 +133,14 @@ def _with_tokenizer_config(cfg: Config, workdir: Path, resume: bool
                         "dynamics.tokenizer_workdir=<tokenizer run workdir>.")
   tok_cfg = checkpoint.read_config(tok_dir)
   _check_same(cfg, tok_cfg, tok_dir, "tokenizer")
+  wanted = "continuous" if cfg.dynamics.kind == "diffusion" else "fsq"
+  if tok_cfg.tokenizer.kind != wanted:
+    raise JaxWorldError(
+        f"dynamics.kind={cfg.dynamics.kind!r} needs a tokenizer with "
+        f"tokenizer.kind={wanted!r}, but {tok_dir} has "
+        f"{tok_cfg.tokenizer.kind!r}. Train one with `jaxworld train "
+        f"{'tokenizer_continuous' if wanted == 'continuous' else 'tokenizer'}"
+        f"` and point dynamics.tokenizer_workdir at it.")
   step = _pinned_step(workdir, resume, "tokenizer_step",
                       cfg.dynamics.tokenizer_step, tok_dir, "tokenizer")
   cfg = dataclasses.replace(

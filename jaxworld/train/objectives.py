@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxworld.config import Config
+from jaxworld.models import diffusion
 
 Metrics = dict[str, jax.Array]
 Batch = dict[str, jax.Array]
@@ -68,8 +69,8 @@ def dynamics_mask(rng: jax.Array, shape_BTN: tuple[int, int, int],
 
 
 def _dynamics_inputs(cfg: Config):
-  """prepare() of every dynamics kind: target tokens from the frozen
-  tokenizer and the actions to condition on, real or inferred by the frozen
+  """prepare() of every dynamics kind: target codes from the frozen
+  tokenizer (tokens, or a continuous tokenizer's latents) and the actions to condition on, real or inferred by the frozen
   LAM (frozen is then `build.FrozenModels`)."""
   latent = cfg.dynamics.actions == "latent"
 
@@ -127,6 +128,16 @@ def autoregressive_objective(cfg: Config) -> Objective:
   return Objective(loss, _dynamics_inputs(cfg))
 
 
+def diffusion_objective(cfg: Config) -> Objective:
+  """Diffusion forcing on the continuous tokenizer's latents: an independent
+  noise level per frame, MSE of the predicted clean latents."""
+
+  def loss(model, batch, rng):
+    return diffusion.loss(model, batch["tokens"], batch["actions"], rng)
+
+  return Objective(loss, _dynamics_inputs(cfg))
+
+
 def lam_objective(cfg: Config) -> Objective:
   """Next-frame pixel MSE through the latent-action bottleneck (FSQ: no
   codebook losses)."""
@@ -145,5 +156,6 @@ def lam_objective(cfg: Config) -> Objective:
 def for_stage(cfg: Config, stage: str) -> Objective:
   if stage == "dynamics":
     return {"maskgit": dynamics_objective,
-            "autoregressive": autoregressive_objective}[cfg.dynamics.kind](cfg)
+            "autoregressive": autoregressive_objective,
+            "diffusion": diffusion_objective}[cfg.dynamics.kind](cfg)
   return {"tokenizer": tokenizer_objective, "lam": lam_objective}[stage](cfg)

@@ -106,6 +106,8 @@ def main() -> None:
     dt = common.time_steps(compiled, frozen, batch, args.steps)
     row = {"config": name, "stage": cfg.train.stage,
            "kind": cfg.dynamics.kind if cfg.train.stage == "dynamics" else "",
+           "actions": (cfg.dynamics.actions if cfg.train.stage == "dynamics"
+                       else ""),
            "params": build.count_params(compiled.init()["model"]),
            "train_gflops_per_step": round(_flops(compiled) / 1e9, 2),
            "train_steps_per_s": round(1 / dt, 2),

@@ -151,6 +151,11 @@ def test_trains_and_rolls_out_through_the_cli(tiny_dataset,
   result = json.loads((out / "rollout.json").read_text())
   assert np.isfinite(result["psnr_model"]) and result["horizon"] == 3
   capsys.readouterr()
+  assert cli.main(["eval", "--workdir", str(run), "--out",
+                   str(tmp_path / "eval"), "--episodes", "2"]) == 0
+  assert "(diffusion, 2 steps per frame)" in capsys.readouterr().out
+  result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+  assert np.isfinite(result["psnr_model"]) and result["steps_per_frame"] == 2
   assert cli.main(["export", "--workdir", str(run),
                    "--out", str(tmp_path / "bundle")]) == 2
   assert 'supports dynamics.kind="maskgit"' in capsys.readouterr().err

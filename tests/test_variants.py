@@ -126,6 +126,20 @@ def test_ar_loss_falls_on_one_batch():
   assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_maskgit_is_causal_in_time():
+  model = build.dynamics(tiny_config(), nnx.Rngs(0))
+  tokens, actions = _tokens_actions()
+  mask = jnp.zeros(tokens.shape, bool).at[:, 2:].set(True)
+  base = model(tokens, actions, mask)
+  # A later frame's tokens, its mask and the action leading into it change
+  # nothing before it.
+  changed = model(tokens.at[:, 2:].set((tokens[:, 2:] + 1) % 32),
+                  actions.at[:, 1].set((actions[:, 1] + 1) % 5),
+                  mask.at[:, 2].set(False))
+  np.testing.assert_allclose(changed[:, :2], base[:, :2], atol=1e-5)
+  assert not np.allclose(changed[:, 2], base[:, 2], atol=1e-3)
+
+
 def test_maskgit_loss_falls_on_one_batch():
   cfg = tiny_config('rollout.mask_schedule="linear"')
   tokens, actions = _tokens_actions()

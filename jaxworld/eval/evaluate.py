@@ -34,7 +34,7 @@ from jaxworld import config as configlib
 from jaxworld.data import pipeline, stores
 from jaxworld.errors import JaxWorldError
 from jaxworld.eval import metrics, probe
-from jaxworld.infer import media, rollout
+from jaxworld.infer import media, rollout, sampler
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,10 @@ def evaluate(cfg: configlib.Config, dynamics: Any, tokenizer: Any,
                      r.seed + 1))["model"]
   truth = frames["truth"]
   out: dict[str, Any] = {"episodes": num_episodes, "context_frames": c,
-                         "horizon": h, "maskgit_steps": r.maskgit_steps,
+                         "horizon": h, "dynamics_kind": cfg.dynamics.kind,
+                         "maskgit_steps": r.maskgit_steps,
+                         "steps_per_frame": sampler.steps_per_frame(
+                             cfg.dynamics.kind, r),
                          "temperature": r.temperature, "per_step": {}}
   psnr = {k: metrics.psnr_per_frame(frames[k], truth)
           for k in ("model", "copy_last", "tokenizer", "random_actions")}
@@ -214,6 +217,15 @@ def _tensorboard(result: dict[str, Any], frames: dict[str, np.ndarray],
     writer.close()
 
 
+def _sampling(result: dict[str, Any]) -> str:
+  """How the frames were sampled, e.g. "maskgit, 8 steps per frame"."""
+  kind = result.get("dynamics_kind", "maskgit")  # older eval.json files
+  if kind == "autoregressive":
+    return "autoregressive, one token at a time"
+  steps = result.get("steps_per_frame", result["maskgit_steps"])
+  return f"{kind}, {steps} steps per frame"
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
   """The console report of an evaluation."""
   s, p = result["per_step"], result["probe"]
@@ -221,7 +233,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
   return [
       f"jaxworld eval: {result['episodes']} held-out episodes, "
       f"{result['context_frames']} real -> {result['horizon']} imagined "
-      f"(MaskGIT {result['maskgit_steps']} steps)",
+      f"({_sampling(result)})",
       f"  PSNR  model {result['psnr_model']:.2f} dB | copy-last "
       f"{result['psnr_copy_last']:.2f} | random actions "
       f"{result['psnr_random_actions']:.2f} | tokenizer "

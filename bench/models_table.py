@@ -33,11 +33,11 @@ def main() -> None:
   runs = dict(a.split("=", 1) for a in sys.argv[2:])
   print("| config | kind | params | train GFLOPs/step | train steps/s | "
         "sampled frames/s | steps | train s | wall s | PSNR model | "
-        "PSNR copy-last | gain dB |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "PSNR copy-last | gain dB | PSNR blank |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for name, b in bench.items():
     run = Path(runs[name]) if name in runs else None
-    steps = secs = wall = psnr = copy = gain = "-"
+    steps = secs = wall = psnr = copy = gain = blank = "-"
     if run is not None:
       metrics = [json.loads(x) for x in
                  (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -49,13 +49,14 @@ def main() -> None:
         r = json.loads(roll.read_text())
         psnr, copy = f"{r['psnr_model']:.2f}", f"{r['psnr_copy_last']:.2f}"
         gain = f"{r['gain_over_copy_last_db']:+.2f}"
+        blank = f"{r['psnr_blank']:.2f}" if "psnr_blank" in r else "-"
     kind = b["kind"] or b["stage"]
     if b.get("actions") == "latent":
       kind += ", latent actions"
     fps = b["sampled_frames_per_s"] if b["sampled_frames_per_s"] else "-"
     print(f"| {name} | {kind} | {b['params']:,} | "
           f"{b['train_gflops_per_step']} | {b['train_steps_per_s']} | {fps} | "
-          f"{steps} | {secs} | {wall} | {psnr} | {copy} | {gain} |")
+          f"{steps} | {secs} | {wall} | {psnr} | {copy} | {gain} | {blank} |")
 
 
 if __name__ == "__main__":

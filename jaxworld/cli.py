@@ -4,7 +4,7 @@
     jaxworld data generate [CONFIG] --out DIR [overrides...] [--overwrite]
     jaxworld data inspect PATH [--out DIR]
     jaxworld train CONFIG --workdir DIR [overrides...] [--resume]
-    jaxworld rollout --workdir DIR [--out DIR] [--episodes N]
+    jaxworld rollout --workdir DIR [rollout overrides...] [--out DIR] [--episodes N]
     jaxworld eval --workdir DIR [rollout overrides...] [--out DIR]
     jaxworld sweep FILE [--out DIR] [--parallel N]
     jaxworld export --workdir DIR [--out BUNDLE] [--dtype bfloat16]
@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
   roll = sub.add_parser("rollout", help="Imagine held-out episodes with a "
                         "trained dynamics run; write GIF and PSNR.")
   roll.add_argument("--workdir", required=True, help="A dynamics run.")
+  roll.add_argument("overrides", nargs="*", help="rollout.key=value")
   roll.add_argument("--out", default=None)
   roll.add_argument("--episodes", type=int, default=None)
   roll.add_argument("--data", default=None, help="Dataset directory (default:"
@@ -248,7 +249,8 @@ def _run(args: argparse.Namespace, configlib) -> int:
     return _stopped_status(result)
   if args.command == "rollout":
     from jaxworld.infer import rollout
-    result = rollout.run(args.workdir, args.out, args.data, args.episodes)
+    result = rollout.run(args.workdir, args.out, args.data, args.episodes,
+                         args.overrides)
     print(json.dumps({k: v for k, v in result.items() if k != "per_step"},
                      indent=2))
     return 0

@@ -220,7 +220,7 @@ class RolloutConfig:
                              "token).")
   top_k: int = field(0, "Sample only among the k most likely tokens "
                      "(0 = all); applies to maskgit and autoregressive.")
-  diffusion_steps: int = field(4, "Denoising steps per frame of diffusion "
+  diffusion_steps: int = field(2, "Denoising steps per frame of diffusion "
                                "dynamics.")
   seed: int = field(0, "Sampling seed.")
 

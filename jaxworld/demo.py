@@ -66,6 +66,7 @@ def run(workdir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
   summary = {
       "psnr_model": result["psnr_model"],
       "psnr_copy_last": result["psnr_copy_last"],
+      "psnr_blank": result["psnr_blank"],
       "psnr_tokenizer": result["psnr_tokenizer"],
       "gain_over_copy_last_db": result["gain_over_copy_last_db"],
       "passed": result["gain_over_copy_last_db"] >= REQUIRED_GAIN_DB,
@@ -93,6 +94,7 @@ def _print_summary(s: dict[str, Any], root: Path) -> None:
       f"{s['context_frames']} real frames -> {s['horizon']} imagined",
       f"  PSNR model (imagined)      {s['psnr_model']:6.2f} dB",
       f"  PSNR copy last frame       {s['psnr_copy_last']:6.2f} dB",
+      f"  PSNR blank background      {s['psnr_blank']:6.2f} dB",
       f"  PSNR tokenizer (ceiling)   {s['psnr_tokenizer']:6.2f} dB",
       "  per step (model)          " + " ".join(
           f"{x:5.1f}" for x in s["per_step"]["psnr_model"]),

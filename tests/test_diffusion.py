@@ -147,10 +147,14 @@ def test_trains_and_rolls_out_through_the_cli(tiny_dataset,
   assert np.isfinite(last["loss"]) and "mse_high_noise" in last
   out = tmp_path / "roll"
   assert cli.main(["rollout", "--workdir", str(run), "--out", str(out),
-                   "--episodes", "2"]) == 0
+                   "--episodes", "2", "rollout.diffusion_steps=1"]) == 0
   result = json.loads((out / "rollout.json").read_text())
   assert np.isfinite(result["psnr_model"]) and result["horizon"] == 3
+  assert result["overrides"] == ["rollout.diffusion_steps=1"]
+  assert np.isfinite(result["psnr_blank"])
   capsys.readouterr()
+  assert cli.main(["rollout", "--workdir", str(run), "train.steps=9"]) == 2
+  assert "Only rollout.* settings can change" in capsys.readouterr().err
   assert cli.main(["eval", "--workdir", str(run), "--out",
                    str(tmp_path / "eval"), "--episodes", "2"]) == 0
   assert "(diffusion, 2 steps per frame)" in capsys.readouterr().out

@@ -220,3 +220,15 @@ def test_physics_probe_runs_on_a_tiny_tokenizer():
   # they move (-0.02). (The untrained encoder's latents show neither.)
   assert out["pixels"]["position_r2"] > 0.8
   assert out["pixels"]["velocity_r2"] < 0.1
+
+
+def test_blank_baseline_fills_each_episodes_background():
+  from jaxworld.infer import rollout
+  context = np.zeros((2, 3, 8, 8, 3), np.uint8)
+  context[1] = (10, 20, 30)          # episode 1's background
+  context[:, :, 2:4, 2:4] = 255      # an object covering 4 of 64 pixels
+  blank = rollout.blank_frames(context, horizon=5)
+  assert blank.shape == (2, 5, 8, 8, 3) and blank.dtype == np.uint8
+  np.testing.assert_array_equal(blank[0], 0)
+  np.testing.assert_array_equal(blank[1], np.broadcast_to([10, 20, 30],
+                                                          (5, 8, 8, 3)))

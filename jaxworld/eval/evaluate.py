@@ -42,16 +42,6 @@ log = logging.getLogger(__name__)
 PROBE_TRAIN_EPISODES = 64
 
 
-def _with_overrides(cfg: configlib.Config, overrides: Sequence[str]
-                    ) -> configlib.Config:
-  bad = [o for o in overrides if not o.startswith("rollout.")]
-  if bad:
-    raise JaxWorldError(
-        f"eval can only change rollout.* settings (the model is fixed by the "
-        f"run), not {', '.join(bad)}. Train a new run to change those.")
-  return configlib.from_dict(configlib.to_dict(cfg), overrides)
-
-
 def random_actions(actions_ET: np.ndarray, context: int, num_actions: int,
                    seed: int) -> np.ndarray:
   """The same episodes' actions with every action from the one leading into
@@ -88,9 +78,10 @@ def evaluate(cfg: configlib.Config, dynamics: Any, tokenizer: Any,
                              cfg.dynamics.kind, r),
                          "temperature": r.temperature, "per_step": {}}
   psnr = {k: metrics.psnr_per_frame(frames[k], truth)
-          for k in ("model", "copy_last", "tokenizer", "random_actions")}
+          for k in ("model", "copy_last", "blank", "tokenizer",
+                    "random_actions")}
   ssim = {k: metrics.ssim_per_frame(frames[k], truth)
-          for k in ("model", "copy_last", "tokenizer")}
+          for k in ("model", "copy_last", "blank", "tokenizer")}
   for name, values in (("psnr", psnr), ("ssim", ssim)):
     for k, v in values.items():
       out[f"{name}_{k}"] = float(v.mean())
@@ -133,7 +124,7 @@ def run(workdir: str | Path, out: str | Path | None = None,
   _check_supported(configlib.load(Path(workdir) / "config.json")
                    if (Path(workdir) / "config.json").exists() else None)
   cfg, dynamics, tokenizer = rollout.load_world_model(workdir)
-  cfg = _with_overrides(cfg, overrides)
+  cfg = rollout.with_overrides(cfg, overrides)
   n = num_episodes or cfg.rollout.num_episodes
   result, frames = evaluate(cfg, dynamics, tokenizer,
                             data_path or pipeline.eval_path(cfg.data), n)
@@ -235,11 +226,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
       f"{result['context_frames']} real -> {result['horizon']} imagined "
       f"({_sampling(result)})",
       f"  PSNR  model {result['psnr_model']:.2f} dB | copy-last "
-      f"{result['psnr_copy_last']:.2f} | random actions "
-      f"{result['psnr_random_actions']:.2f} | tokenizer "
+      f"{result['psnr_copy_last']:.2f} | blank {result['psnr_blank']:.2f} | "
+      f"random actions {result['psnr_random_actions']:.2f} | tokenizer "
       f"{result['psnr_tokenizer']:.2f}",
       f"  SSIM  model {result['ssim_model']:.3f} | copy-last "
-      f"{result['ssim_copy_last']:.3f} | tokenizer "
+      f"{result['ssim_copy_last']:.3f} | blank {result['ssim_blank']:.3f} | "
+      f"tokenizer "
       f"{result['ssim_tokenizer']:.3f}",
       f"  delta-t PSNR (true - random actions) {result['delta_psnr']:+.2f} dB"
       f", per step: {row(s['delta_psnr'])}",

@@ -85,8 +85,9 @@ def main() -> None:
     actions[:, c - 1:] = np.arange(k)[:, None]  # latent action j, held
     tokens = sampler.rollout_tokens(
         dynamics, context_tokens, actions, h, window,
-        jax.random.key(r.seed, impl=sampler.KEY_IMPL), 0.0, r.maskgit_steps,
-        r.mask_schedule, r.top_k)
+        jax.random.key(r.seed, impl=sampler.KEY_IMPL), 0.0,
+        sampler.steps_per_frame(dcfg.dynamics.kind, r), r.mask_schedule,
+        r.top_k)
     imagined = np.asarray(sampler.decode_frames(tokenizer, tokens, window,
                                                 start=c))
     both = np.concatenate([frames, imagined], 1)

@@ -19,7 +19,7 @@ from jaxworld.models.quantizer import Continuous
 from jaxworld.train import objectives
 
 DIFFUSION = ('dynamics.kind="diffusion"', 'tokenizer.kind="continuous"',
-             f"tokenizer.latent_dim={4}")
+             "tokenizer.latent_dim=4")
 
 B, T, N, E, A = 2, 4, 16, 4, 5
 BACKBONE = {"width": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2}
@@ -115,6 +115,10 @@ def test_objective_through_the_stage_registry_learns():
 
 def test_rollout_sampler_extends_latents_deterministically():
   model = _model()
+  # A random head (it starts at zero), so the output depends on the
+  # history and actions the sampler passes.
+  model.head.kernel[...] = 0.1 * jax.random.normal(
+      jax.random.key(3), model.head.kernel[...].shape)
   latents, actions = _batch()
   actions = jnp.concatenate([actions, actions], 1)  # context + horizon
   roll = lambda seed: sampler.rollout_tokens(
@@ -125,6 +129,15 @@ def test_rollout_sampler_extends_latents_deterministically():
   np.testing.assert_array_equal(a[:, :2], latents[:, :2])
   np.testing.assert_array_equal(a, roll(0))
   assert not np.allclose(a[:, 2:], roll(1)[:, 2:])  # the noise is the seed's
+  # The imagined frames read the history and the actions.
+  other = sampler.rollout_tokens(
+      model, latents[:, :2] + 0.5, actions, horizon=3, window=T,
+      rng=jax.random.key(0), steps=2)
+  assert not np.allclose(a[:, 2:], other[:, 2:], atol=1e-4)
+  moved = sampler.rollout_tokens(
+      model, latents[:, :2], (actions + 1) % A, horizon=3, window=T,
+      rng=jax.random.key(0), steps=2)
+  assert not np.allclose(a[:, 2:], moved[:, 2:], atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -151,15 +164,17 @@ def test_trains_and_rolls_out_through_the_cli(tiny_dataset,
   result = json.loads((out / "rollout.json").read_text())
   assert np.isfinite(result["psnr_model"]) and result["horizon"] == 3
   assert result["overrides"] == ["rollout.diffusion_steps=1"]
+  assert result["steps_per_frame"] == 1
   assert np.isfinite(result["psnr_blank"])
   capsys.readouterr()
   assert cli.main(["rollout", "--workdir", str(run), "train.steps=9"]) == 2
   assert "Only rollout.* settings can change" in capsys.readouterr().err
   assert cli.main(["eval", "--workdir", str(run), "--out",
-                   str(tmp_path / "eval"), "--episodes", "2"]) == 0
-  assert "(diffusion, 2 steps per frame)" in capsys.readouterr().out
+                   str(tmp_path / "eval"), "--episodes", "2",
+                   "rollout.diffusion_steps=3"]) == 0
+  assert "(diffusion, 3 steps per frame)" in capsys.readouterr().out
   result = json.loads((tmp_path / "eval" / "eval.json").read_text())
-  assert np.isfinite(result["psnr_model"]) and result["steps_per_frame"] == 2
+  assert np.isfinite(result["psnr_model"]) and result["steps_per_frame"] == 3
   assert cli.main(["export", "--workdir", str(run),
                    "--out", str(tmp_path / "bundle")]) == 2
   assert 'supports dynamics.kind="maskgit"' in capsys.readouterr().err

@@ -158,6 +158,9 @@ def run(workdir: str | Path, out: str | Path | None = None,
                    episodes["actions"], lam)
   result = {"episodes": n, "context_frames": cfg.rollout.context_frames,
             "horizon": cfg.rollout.horizon, "overrides": list(overrides),
+            "dynamics_kind": cfg.dynamics.kind,
+            "steps_per_frame": sampler.steps_per_frame(cfg.dynamics.kind,
+                                                       cfg.rollout),
             **score(frames)}
   out = Path(out or Path(workdir) / "rollout")
   out.mkdir(parents=True, exist_ok=True)

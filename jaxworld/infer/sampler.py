@@ -54,8 +54,10 @@ SCHEDULES = {
 
 def steps_per_frame(kind: str, r: RolloutConfig) -> int:
   """Model passes per imagined frame: diffusion's denoising steps or
-  MaskGIT's refinements (an autoregressive model takes one per token)."""
-  return r.diffusion_steps if kind == "diffusion" else r.maskgit_steps
+  MaskGIT's refinements; 0 for an autoregressive model, which takes one per
+  token (a constant, so MaskGIT's setting does not recompile it)."""
+  return {"diffusion": r.diffusion_steps, "maskgit": r.maskgit_steps}.get(
+      kind, 0)
 
 
 def hidden_after(step: int, steps: int, n: int,
@@ -161,7 +163,8 @@ def sample_next_frame_ar(model: ARDynamics, history_BTN: jax.Array,
 
 def encode_frame(graphdef: nnx.GraphDef, params: Params,
                  frames_BTHWC: jax.Array) -> jax.Array:
-  """uint8 frames [B, T, H, W, C] -> int32 tokens [B, N] of the last frame.
+  """uint8 frames [B, T, H, W, C] -> int32 tokens [B, N] of the last frame
+  (a continuous tokenizer: float32 latents [B, N, E]).
 
   The T <= window frames are its history (the encoder is causal and was
   trained on windows of that length).

@@ -70,8 +70,9 @@ def dynamics_mask(rng: jax.Array, shape_BTN: tuple[int, int, int],
 
 def _dynamics_inputs(cfg: Config):
   """prepare() of every dynamics kind: target codes from the frozen
-  tokenizer (tokens, or a continuous tokenizer's latents) and the actions to condition on, real or inferred by the frozen
-  LAM (frozen is then `build.FrozenModels`)."""
+  tokenizer (tokens, or a continuous tokenizer's latents) and the actions
+  to condition on, real or inferred by the frozen LAM (frozen is then
+  `build.FrozenModels`)."""
   latent = cfg.dynamics.actions == "latent"
 
   def prepare(frozen, batch):

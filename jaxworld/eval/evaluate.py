@@ -123,8 +123,7 @@ def run(workdir: str | Path, out: str | Path | None = None,
   start = time.perf_counter()
   _check_supported(configlib.load(Path(workdir) / "config.json")
                    if (Path(workdir) / "config.json").exists() else None)
-  cfg, dynamics, tokenizer = rollout.load_world_model(workdir)
-  cfg = rollout.with_overrides(cfg, overrides)
+  cfg, dynamics, tokenizer = rollout.load_world_model(workdir, overrides)
   n = num_episodes or cfg.rollout.num_episodes
   result, frames = evaluate(cfg, dynamics, tokenizer,
                             data_path or pipeline.eval_path(cfg.data), n)
@@ -210,11 +209,10 @@ def _tensorboard(result: dict[str, Any], frames: dict[str, np.ndarray],
 
 def _sampling(result: dict[str, Any]) -> str:
   """How the frames were sampled, e.g. "maskgit, 8 steps per frame"."""
-  kind = result.get("dynamics_kind", "maskgit")  # older eval.json files
+  kind = result["dynamics_kind"]
   if kind == "autoregressive":
     return "autoregressive, one token at a time"
-  steps = result.get("steps_per_frame", result["maskgit_steps"])
-  return f"{kind}, {steps} steps per frame"
+  return f"{kind}, {result['steps_per_frame']} steps per frame"
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:

@@ -48,11 +48,12 @@ def _restore(cfg: Config, stage: str, workdir: str | Path, step: int
   return nnx.merge(graphdef, state)
 
 
-def load_world_model(workdir: str | Path
+def load_world_model(workdir: str | Path, overrides: Sequence[str] = ()
                      ) -> tuple[Config, nnx.Module, nnx.Module]:
   """(config, dynamics, tokenizer) of a dynamics run, at its latest step
-  and the tokenizer step it was trained on."""
-  cfg = checkpoint.read_config(workdir)
+  and the tokenizer step it was trained on; `rollout.*` overrides are
+  checked before anything is restored."""
+  cfg = _with_overrides(checkpoint.read_config(workdir), overrides)
   if cfg.train.stage != "dynamics":
     hint = (" (for a lam run, python bench/lam_report.py scores its latent "
             "actions and writes a control GIF)" if cfg.train.stage == "lam"
@@ -69,7 +70,7 @@ def load_world_model(workdir: str | Path
   return cfg, dynamics, tokenizer
 
 
-def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+def _with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
   """A trained run's config with `rollout.*` settings changed (sampling
   steps, temperature, ...); anything else is fixed by the run."""
   bad = [o for o in overrides if not o.startswith("rollout.")]
@@ -149,8 +150,7 @@ def run(workdir: str | Path, out: str | Path | None = None,
         data_path: str | None = None, num_episodes: int | None = None,
         overrides: Sequence[str] = ()) -> dict[str, Any]:
   """Rolls out held-out episodes; writes rollout.gif/.png/.json to `out`."""
-  cfg, dynamics, tokenizer = load_world_model(workdir)
-  cfg = with_overrides(cfg, overrides)
+  cfg, dynamics, tokenizer = load_world_model(workdir, overrides)
   n = num_episodes or cfg.rollout.num_episodes
   episodes = pipeline.load_episodes(data_path or pipeline.eval_path(cfg.data), "eval", n)
   lam = load_lam(cfg) if cfg.dynamics.actions == "latent" else None

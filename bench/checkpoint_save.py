@@ -58,7 +58,7 @@ def main() -> None:
   import numpy as np
   from jaxworld.models import build
   from jaxworld.parallel import mesh as meshlib
-  from jaxworld.train import checkpoint
+  from jaxworld.runs import checkpoint
   cfg = common.load("dynamics", [*DEFAULTS, *args.overrides])
   mesh = meshlib.make_mesh(cfg.mesh)
   compiled, _ = common.compile_step(cfg, mesh)

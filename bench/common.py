@@ -39,13 +39,13 @@ def compile_step(cfg: Any, mesh: Any) -> tuple[Any, Any]:
   import jax
   from flax import nnx
   from jaxworld.models import build
-  from jaxworld.parallel import mesh as meshlib
+  from jaxworld.parallel import sharding
   from jaxworld.train import step as steplib
   frozen = None
   if cfg.train.stage == "dynamics":
     graphdef, state = nnx.split(build.tokenizer(cfg, nnx.Rngs(0)))
     frozen = steplib.Frozen(graphdef, jax.device_put(
-        state, meshlib.param_shardings(state, mesh, cfg.mesh.rules)))
+        state, sharding.param_shardings(state, mesh, cfg.mesh.rules)))
   return steplib.compile_step(cfg, cfg.train.stage, mesh, frozen), frozen
 
 

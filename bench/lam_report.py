@@ -51,14 +51,20 @@ def main() -> None:
   p.add_argument("--data", default=None)
   p.add_argument("--out", default=None)
   args = p.parse_args()
+  import dataclasses
+
   import jax
+  from flax import nnx
+
+  from jaxworld import media
   from jaxworld.data import pipeline
-  from jaxworld.infer import latent_actions, media, rollout, sampler
+  from jaxworld.infer import latent_actions, sampler
   from jaxworld.models import build
-  from jaxworld.train import checkpoint
+  from jaxworld.runs import assemble, checkpoint
   cfg = checkpoint.read_config(args.lam)
   step = checkpoint.saved_steps(args.lam)[-1]
-  lam = rollout._restore(cfg, "lam", args.lam, step)
+  lam = nnx.merge(*assemble.restore(cfg, "lam", args.lam, step,
+                                    assemble.one_device_mesh()))
   episodes = pipeline.load_episodes(args.data or cfg.data.path, "eval",
                                     args.episodes)
   latent_ET = latent_actions.infer(lam, episodes["frames"], cfg.data.window)
@@ -75,7 +81,8 @@ def main() -> None:
   out = Path(args.out or Path(args.lam) / "report")
   out.mkdir(parents=True, exist_ok=True)
   if args.dynamics:
-    dcfg, dynamics, tokenizer = rollout.load_world_model(args.dynamics)
+    world = assemble.load_world_model(args.dynamics)
+    dcfg, dynamics, tokenizer = world.cfg, world.dynamics, world.tokenizer
     r, window = dcfg.rollout, dcfg.data.window
     c, h, k = r.context_frames, r.horizon, build.num_latent_actions(dcfg)
     frames = np.repeat(episodes["frames"][:1, :c], k, axis=0)
@@ -84,10 +91,10 @@ def main() -> None:
     actions[:, :c - 1] = latent_ET[:1, :c - 1]
     actions[:, c - 1:] = np.arange(k)[:, None]  # latent action j, held
     tokens = sampler.rollout_tokens(
-        dynamics, context_tokens, actions, h, window,
-        jax.random.key(r.seed, impl=sampler.KEY_IMPL), 0.0,
-        sampler.steps_per_frame(dcfg.dynamics.kind, r), r.mask_schedule,
-        r.top_k)
+        dcfg.dynamics.kind, dynamics, context_tokens, actions, h, window,
+        jax.random.key(r.seed, impl=sampler.KEY_IMPL),
+        dataclasses.replace(sampler.options_for(dcfg),
+                            temperature=np.float32(0.0)))
     imagined = np.asarray(sampler.decode_frames(tokenizer, tokens, window,
                                                 start=c))
     both = np.concatenate([frames, imagined], 1)

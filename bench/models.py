@@ -36,7 +36,7 @@ def _frozen(cfg, mesh):
   import jax
   from flax import nnx
   from jaxworld.models import build
-  from jaxworld.parallel import mesh as meshlib
+  from jaxworld.parallel import sharding
   from jaxworld.train import step as steplib
   if cfg.train.stage != "dynamics":
     return None
@@ -45,7 +45,7 @@ def _frozen(cfg, mesh):
     model = build.FrozenModels(model, build.lam(cfg, nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
   return steplib.Frozen(graphdef, jax.device_put(
-      state, meshlib.param_shardings(state, mesh, cfg.mesh.rules)))
+      state, sharding.param_shardings(state, mesh, cfg.mesh.rules)))
 
 
 def _flops(compiled) -> float:
@@ -60,7 +60,7 @@ def _frames_per_second(cfg, episodes: int = 16) -> float:
   from flax import nnx
   from jaxworld.infer import sampler
   from jaxworld.models import build
-  r, window = cfg.rollout, cfg.data.window
+  window = cfg.data.window
   model = build.dynamics(cfg, nnx.Rngs(0))
   n, v = build.num_tokens(cfg), build.codebook_size(cfg)
   rng = np.random.default_rng(0)
@@ -72,10 +72,9 @@ def _frames_per_second(cfg, episodes: int = 16) -> float:
   actions = rng.integers(0, build.num_actions(cfg), (episodes, 12))
 
   def run():
-    out = sampler.rollout_tokens(model, context, actions, 8, window,
-                                 jax.random.key(0), r.temperature,
-                                 sampler.steps_per_frame(cfg.dynamics.kind, r),
-                                 r.mask_schedule, r.top_k)
+    out = sampler.rollout_tokens(cfg.dynamics.kind, model, context, actions,
+                                 8, window, jax.random.key(0),
+                                 sampler.options_for(cfg))
     return jax.block_until_ready(out)
 
   run()  # compiles every history length

@@ -101,24 +101,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="Continue the run in --workdir from its last "
                      "checkpoint.")
 
-  roll = sub.add_parser("rollout", help="Imagine held-out episodes with a "
-                        "trained dynamics run; write GIF and PSNR.")
-  roll.add_argument("--workdir", required=True, help="A dynamics run.")
-  roll.add_argument("overrides", nargs="*", help="rollout.key=value")
-  roll.add_argument("--out", default=None)
-  roll.add_argument("--episodes", type=int, default=None)
-  roll.add_argument("--data", default=None, help="Dataset directory (default:"
-                    " the run's data.path).")
-
-  ev = sub.add_parser("eval", help="Horizon curves (PSNR, SSIM), "
-                      "controllability and a physics probe of a dynamics run "
-                      "on held-out episodes; JSON, plots, TensorBoard.")
-  ev.add_argument("--workdir", required=True, help="A dynamics run.")
-  ev.add_argument("overrides", nargs="*", help="rollout.key=value")
-  ev.add_argument("--out", default=None, help="Default: <workdir>/eval.")
-  ev.add_argument("--episodes", type=int, default=None)
-  ev.add_argument("--data", default=None, help="Dataset directory (default:"
-                  " the run's data.path).")
+  for name, help_text, out_default in (
+      ("rollout", "Imagine held-out episodes with a trained dynamics run; "
+       "write GIF and PSNR.", "<workdir>/rollout"),
+      ("eval", "Horizon curves (PSNR, SSIM), controllability and a physics "
+       "probe of a dynamics run on held-out episodes; JSON, plots, "
+       "TensorBoard.", "<workdir>/eval")):
+    run = sub.add_parser(name, help=help_text)
+    run.add_argument("--workdir", required=True, help="A dynamics run.")
+    run.add_argument("overrides", nargs="*", help="rollout.key=value")
+    run.add_argument("--out", default=None, help=f"Default: {out_default}.")
+    run.add_argument("--episodes", type=int, default=None)
+    run.add_argument("--data", default=None, help="Dataset directory "
+                     "(default: the run's data.path).")
 
   sw = sub.add_parser("sweep", help="Train or evaluate a grid or list of "
                       "config overrides (resumably); write results.md/.csv "
@@ -186,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"jaxworld: error: {e}", file=sys.stderr)
     return 2
   except Exception as e:  # noqa: BLE001 - re-raised unless a lost peer
-    from jaxworld.parallel import mesh
-    message = mesh.lost_peer_message(e)
+    from jaxworld.parallel import distributed
+    message = distributed.lost_peer_message(e)
     if message is None:
       raise
     print(f"jaxworld: error: {message}", file=sys.stderr, flush=True)
@@ -265,7 +260,7 @@ def _run(args: argparse.Namespace, configlib) -> int:
     return sweep.exit_status(sweep.run_sweep(args.file, args.out,
                                              args.parallel))
   if args.command == "ckpt":
-    from jaxworld.train import ckpt_info
+    from jaxworld.runs import info as ckpt_info
     if args.action == "list":
       print(ckpt_info.format_list(ckpt_info.list_steps(args.workdir)))
     else:

@@ -6,20 +6,32 @@ Files are TOML (data, never code: nothing is executed to load a config); any
 field may be overridden from the command line as `section.field=value`, where
 the value is parsed as a TOML value (`train.steps=100`, `dynamics.backbone.dtype="bfloat16"`,
 `mesh.rules=[["embed","fsdp"]]`). Unknown keys and wrong types are rejected
-at load with the fix.
+at load with the fix, and so is a value outside a field's `Literal[...]`
+choices. Reading and type checking are in jaxworld/config_load.py (its
+public functions are re-exported here); combinations of values are checked
+in jaxworld/config_checks.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
-import types
-import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from jaxworld import config_load
+# The loader's public functions, re-exported: `jaxworld.config` is the API.
+from jaxworld.config_load import (CONFIG_DIR, flatten, load_preset, resolve,
+                                  to_dict)
 from jaxworld.errors import JaxWorldError
+
+__all__ = [
+    "BackboneConfig", "CONFIG_DIR", "Config", "DataConfig", "DynamicsConfig",
+    "LAMConfig", "MeshConfig", "RolloutConfig", "TokenizerConfig",
+    "TrainConfig", "WorldConfig", "describe", "field", "flatten",
+    "from_dict", "load", "load_preset", "resolve", "save", "section",
+    "to_dict"]
 
 
 def field(default: Any, doc: str) -> Any:
@@ -60,9 +72,9 @@ class DataConfig:
                          "data.path: [[path, weight], ...]; each batch row "
                          "comes from a dataset with probability "
                          "proportional to its weight.")
-  bad_records: str = field("error", "A damaged or malformed record: error "
-                           "(stop, naming file and record) or skip (count it "
-                           "in the metrics and read the next one).")
+  bad_records: Literal["error", "skip"] = field(
+      "error", "A damaged or malformed record: error (stop, naming file and "
+      "record) or skip (count it in the metrics and read the next one).")
   num_train_episodes: int = field(1024, "Episodes `data generate` writes to train/.")
   num_eval_episodes: int = field(64, "Held-out episodes `data generate` writes to eval/.")
   episode_length: int = field(64, "Frames per generated episode.")
@@ -107,11 +119,11 @@ class BackboneConfig:
   depth: int = field(4, "Number of ST blocks.")
   num_heads: int = field(4, "Attention heads (width must divide by it).")
   mlp_ratio: int = field(4, "MLP hidden width = mlp_ratio * width.")
-  remat: str = field("none", "Rematerialisation of each block: none, full, "
-                     "save_dots.")
-  dtype: str = field("auto", "Compute dtype: auto (bfloat16 on GPU/TPU, "
-                     "float32 on CPU), float32 or bfloat16; params stay "
-                     "float32.")
+  remat: Literal["none", "full", "save_dots"] = field(
+      "none", "Rematerialisation of each block: none, full, save_dots.")
+  dtype: Literal["auto", "float32", "bfloat16"] = field(
+      "auto", "Compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), "
+      "float32 or bfloat16; params stay float32.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +150,9 @@ class DynamicsConfig:
                     "in raster order, sampled with a KV cache) or diffusion "
                     "(diffusion forcing over a continuous tokenizer's "
                     "latents).")
-  actions: str = field("real", "Conditioning: real (the dataset's actions) "
-                       "or latent (a trained LAM's, see dynamics.lam_workdir).")
+  actions: Literal["real", "latent"] = field(
+      "real", "Conditioning: real (the dataset's actions) or latent (a "
+      "trained LAM's, see dynamics.lam_workdir).")
   lam_workdir: str = field("", "Run directory of the trained latent action "
                            "model (train.stage=lam) when dynamics.actions="
                            "\"latent\".")
@@ -178,9 +191,9 @@ class LAMConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """The one training loop."""
-  stage: str = field("tokenizer", "What to train: tokenizer, lam (latent "
-                     "action model, from video alone) or dynamics (of "
-                     "dynamics.kind).")
+  stage: Literal["tokenizer", "lam", "dynamics"] = field(
+      "tokenizer", "What to train: tokenizer, lam (latent action model, from "
+      "video alone) or dynamics (of dynamics.kind).")
   steps: int = field(1000, "Optimizer steps.")
   batch_size: int = field(16, "Global batch (windows per step), split over "
                           "data and fsdp.")
@@ -213,9 +226,9 @@ class RolloutConfig:
   horizon: int = field(8, "Frames the model generates.")
   num_episodes: int = field(16, "Held-out episodes rolled out.")
   maskgit_steps: int = field(8, "MaskGIT refinement steps per frame.")
-  mask_schedule: str = field("cosine", "MaskGIT schedule of the fraction of "
-                             "tokens still hidden after each step: cosine, "
-                             "linear or square (1 - r^2).")
+  mask_schedule: Literal["cosine", "linear", "square"] = field(
+      "cosine", "MaskGIT schedule of the fraction of tokens still hidden "
+      "after each step: cosine, linear or square (1 - r^2).")
   temperature: float = field(0.0, "Sampling temperature (0 = most likely "
                              "token).")
   top_k: int = field(0, "Sample only among the k most likely tokens "
@@ -241,160 +254,24 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-def _is_config(cls: Any) -> bool:
-  return dataclasses.is_dataclass(cls) and isinstance(cls, type)
-
-
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-  """Checks `value` against a field type; converts lists to tuples."""
-  if typ is float and isinstance(value, int) and not isinstance(value, bool):
-    return float(value)
-  if typ is tuple:
-    if not isinstance(value, (list, tuple)):
-      raise JaxWorldError(f"Config key {where} must be a list, got {value!r}.")
-    return _freeze(value)
-  if typ in (int, float, str, bool):
-    if type(value) is not typ:
-      raise JaxWorldError(
-          f"Config key {where} must be {typ.__name__}, got {value!r} "
-          f"({type(value).__name__}). Fix the value in the file or override, "
-          f"e.g. {where}={_example(typ)}.")
-    return value
-  raise TypeError(f"unsupported field type {typ} at {where}")
-
-
-def _example(typ: type) -> str:
-  return {int: "8", float: "0.5", str: '"text"', bool: "true"}[typ]
-
-
-def _freeze(value: Any) -> Any:
-  if isinstance(value, (list, tuple)):
-    return tuple(_freeze(v) for v in value)
-  return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-  hints = typing.get_type_hints(cls)
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(data) - known)
-  if unknown:
-    raise JaxWorldError(
-        f"Unknown config key(s) {', '.join(where + k for k in unknown)}. "
-        f"Valid keys in {where.rstrip('.') or 'the top level'}: "
-        f"{', '.join(sorted(known))}.")
-  kwargs = {}
-  for f in dataclasses.fields(cls):
-    if f.name not in data:
-      continue
-    typ, value = hints[f.name], data[f.name]
-    if _is_config(typ):
-      if not isinstance(value, dict):
-        raise JaxWorldError(f"Config key {where}{f.name} is a section; give "
-                            f"it as a table, not {value!r}.")
-      kwargs[f.name] = _build(typ, value, f"{where}{f.name}.")
-    else:
-      kwargs[f.name] = _coerce(value, typ, where + f.name)
-  return cls(**kwargs)
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-  if "=" not in text:
-    raise JaxWorldError(f"Override {text!r} is not of the form "
-                        f"section.key=value, e.g. train.steps=100.")
-  key, raw = text.split("=", 1)
-  try:
-    value = tomllib.loads(f"v = {raw}")["v"]
-  except tomllib.TOMLDecodeError:
-    value = raw  # A bare word is a string: data.path=/tmp/x
-  return key.strip().split("."), value
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-  """The config as plain JSON-able data (tuples become lists)."""
-  return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Nested sections -> {"section.key": value}, the override spelling."""
-  out = {}
-  for k, v in data.items():
-    out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict)
-               else {prefix + k: v})
-  return out
-
-
-def from_dict(data: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+def from_dict(data: dict[str, Any], overrides: Sequence[str] = ()) -> Config:
   """Builds and validates a Config from nested data plus dotted overrides."""
-  data = json.loads(json.dumps(data))  # deep copy
-  for text in overrides:
-    keys, value = _parse_override(text)
-    node = data
-    for k in keys[:-1]:
-      node = node.setdefault(k, {})
-      if not isinstance(node, dict):
-        raise JaxWorldError(f"Override {text!r}: {k} is not a section.")
-    node[keys[-1]] = value
+  data = config_load.apply_overrides(data, overrides)
   if not isinstance(data.get("mesh", {}), dict):
     raise JaxWorldError("Config key mesh is a section; give it as a table.")
   mesh = data.setdefault("mesh", {})
   # Preset underneath, explicit keys on top.
   data["mesh"] = {**load_preset(mesh.get("preset", MeshConfig.preset)), **mesh}
-  cfg = _build(Config, data, "")
+  cfg = config_load.build(Config, data)
   from jaxworld.config_checks import validate  # it reads Config's fields
   validate(cfg)
   return cfg
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def resolve(name: str) -> Path:
-  """A config path, or the name of a file in the repo's configs/ folder."""
-  path = Path(name)
-  if path.is_file():
-    return path
-  named = CONFIG_DIR / f"{name}.toml"
-  if named.is_file():
-    return named
-  known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
-  raise JaxWorldError(f"No config file {name!r}. Pass a path to a .toml file "
-                      f"or one of the names in {CONFIG_DIR}: {known}.")
-
-
-def load_preset(name: str) -> dict[str, Any]:
-  """The [mesh] table of a parallelism preset, by name or path."""
-  path = Path(name)
-  if not (path.suffix == ".toml" and path.is_file()):
-    path = CONFIG_DIR / "mesh" / f"{name}.toml"
-  if not path.is_file():
-    known = ", ".join(sorted(p.stem for p in (CONFIG_DIR / "mesh").glob("*.toml")))
-    raise JaxWorldError(f"No mesh preset {name!r}. Use mesh.preset= one of "
-                        f"{known}, or a path to a .toml file with a [mesh] "
-                        f"table.")
-  try:
-    table = tomllib.loads(path.read_text())
-  except tomllib.TOMLDecodeError as e:
-    raise JaxWorldError(f"Mesh preset {path} does not parse: {e}.") from None
-  if set(table) != {"mesh"} or "preset" in table["mesh"]:
-    raise JaxWorldError(f"Mesh preset {path} must hold only a [mesh] table "
-                        f"(sizes and rules, no preset key).")
-  return table["mesh"]
-
-
-def load(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
   """Loads a TOML (or resolved JSON) config file and applies overrides."""
-  data: dict[str, Any] = {}
-  if path is not None:
-    path = Path(path)
-    if not path.is_file():
-      raise JaxWorldError(f"Config file {path} does not exist. Pass one of "
-                          f"the files in configs/, e.g. configs/tokenizer.toml.")
-    text = path.read_text()
-    try:
-      data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-      raise JaxWorldError(f"Config file {path} does not parse: {e}.") from None
-  return from_dict(data, overrides)
+  return from_dict(config_load.read_file(path) if path is not None else {},
+                   overrides)
 
 
 def save(cfg: Config, path: str | Path) -> None:
@@ -403,15 +280,4 @@ def save(cfg: Config, path: str | Path) -> None:
 
 def describe(cls: type = Config, prefix: str = "") -> list[str]:
   """One line per field: dotted key, default, description."""
-  lines = []
-  for f in dataclasses.fields(cls):
-    if _is_config(typing.get_type_hints(cls)[f.name]):
-      lines += describe(typing.get_type_hints(cls)[f.name], prefix + f.name + ".")
-    else:
-      lines.append(f"{prefix}{f.name} = {json.dumps(_freeze_json(f.default))}"
-                   f"  # {f.metadata['doc']}")
-  return lines
-
-
-def _freeze_json(v: Any) -> Any:
-  return json.loads(json.dumps(v))
+  return config_load.describe(cls, prefix)

@@ -4,7 +4,7 @@
         jaxworld train tokenizer data.path=runs/demo/data --workdir runs/mp
 
 Each process gets JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-JAX_PROCESS_ID (read by `jaxworld.parallel.mesh.maybe_initialize_distributed`)
+JAX_PROCESS_ID (read by `jaxworld.parallel.distributed.maybe_initialize_distributed`)
 and, on CPU, its own simulated devices and gloo collectives. This is the same
 code path a TPU pod or a SLURM GPU job takes, minus the cluster: use it to
 try multi-host behaviour (process-sharded data, per-process checkpoint

@@ -3,7 +3,15 @@
 XLA_FLAGS must be set before jax is first imported, hence at module import.
 """
 
+from __future__ import annotations
+
+import contextlib
+import io
+import json
 import os
+import tomllib
+from pathlib import Path
+from typing import NamedTuple
 
 # The concurrency-optimised CPU scheduler can start two collectives of one
 # simulated device at once; with more devices than cores they then wait for
@@ -19,31 +27,29 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# A complete but tiny experiment: 32px frames, 16 tokens per frame, two-block
-# backbones. Every test that trains uses these sizes.
-TINY = (
-    "world.image_size=32", "world.num_objects=2", "world.radius_min=2.5",
-    "world.radius_max=3.5", "world.agent_size=5", "world.speed_min=1.0",
-    "world.speed_max=2.0", "world.agent_speed=2.0",
-    "data.num_train_episodes=16", "data.num_eval_episodes=4",
-    "data.episode_length=12", "data.num_shards=2", "data.window=4",
-    "tokenizer.patch_size=8", "tokenizer.fsq_levels=[4, 4, 2]",
-    "tokenizer.encoder.width=32", "tokenizer.encoder.depth=2",
-    "tokenizer.encoder.num_heads=2", "tokenizer.encoder.mlp_ratio=2",
-    "tokenizer.decoder.width=32", "tokenizer.decoder.depth=2",
-    "tokenizer.decoder.num_heads=2", "tokenizer.decoder.mlp_ratio=2",
-    "dynamics.backbone.width=32", "dynamics.backbone.depth=2",
-    "dynamics.backbone.num_heads=2", "dynamics.backbone.mlp_ratio=2",
-    "train.batch_size=8", "train.steps=4", "train.warmup_steps=1",
-    "train.log_every=2", "train.checkpoint_every=2",
-    "rollout.context_frames=2", "rollout.horizon=3", "rollout.num_episodes=2",
-    "rollout.maskgit_steps=2",
-)
+# A complete but tiny experiment: 32px frames, 16 tokens per frame,
+# two-block backbones. Every test that trains uses these sizes.
+TINY_TOML = Path(__file__).resolve().parents[1] / "configs" / "tiny.toml"
+
+
+def _overrides(table: dict, prefix: str = "") -> tuple[str, ...]:
+  """configs/tiny.toml as `section.key=value` strings, in file order; json
+  spells numbers, strings and lists as TOML does."""
+  out = []
+  for key, value in table.items():
+    out += (_overrides(value, f"{prefix}{key}.") if isinstance(value, dict)
+            else [f"{prefix}{key}={json.dumps(value)}"])
+  return tuple(out)
+
+
+# The same experiment as overrides, for command lines: `train tokenizer
+# *TINY` is configs/tokenizer.toml at the tiny sizes.
+TINY = _overrides(tomllib.loads(TINY_TOML.read_text()))
 
 
 def tiny_config(*overrides: str):
   from jaxworld import config
-  return config.from_dict({}, (*TINY, *overrides))
+  return config.load(TINY_TOML, overrides)
 
 
 @pytest.fixture(scope="session")
@@ -55,12 +61,63 @@ def tiny_dataset(tmp_path_factory):
   return root
 
 
+class DemoRun(NamedTuple):
+  root: Path
+  exit_code: int
+  stdout: str  # what the demo printed: its table and verdict
+
+
 @pytest.fixture(scope="session")
-def tiny_demo(tmp_path_factory):
-  """`jaxworld demo` on the tiny world: data, both stages, rollout. Tests
-  read it or copy what they change."""
+def tiny_demo_run(tmp_path_factory) -> DemoRun:
+  """`jaxworld demo` on the tiny world (data, both stages, rollout), logging
+  every step; its exit code and printout are kept for tests/test_demo.py."""
   from jaxworld import cli
   root = tmp_path_factory.mktemp("demo")
-  code = cli.main(["demo", "--workdir", str(root), *TINY, "train.log_every=1"])
-  assert code in (0, 1)  # 1 = ran fine but the tiny model missed the bar
-  return root
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    code = cli.main(["demo", "--workdir", str(root), *TINY,
+                     "train.log_every=1"])
+  print(out.getvalue())  # still in pytest's report of a failing test
+  return DemoRun(root, code, out.getvalue())
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tiny_demo_run) -> Path:
+  """The tiny demo's directory. Tests read it or copy what they change."""
+  # 1: it ran to the end, and 4 steps miss the demo's bar (tests/test_demo.py).
+  assert tiny_demo_run.exit_code == 1, tiny_demo_run.stdout
+  return tiny_demo_run.root
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+  """Groups for `--dist loadgroup` (pyproject addopts): one per file, as
+  --dist loadfile (a module's fixtures are built once), except that every
+  file that reads the tiny demo shares one group, so one worker builds it
+  (the slowest fixture) instead of each."""
+  demo_files = {item.path for item in items
+                if "tiny_demo_run" in item.fixturenames}
+  for item in items:
+    group = "tiny_demo" if item.path in demo_files else item.path.stem
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
+def assert_bundle_plays_like_rollout(run: Path, bundle: Path) -> None:
+  """examples/play_bundle.py imagines exactly the frames `rollout.rollout`
+  does for the bundle's sample episodes (any dynamics kind)."""
+  import importlib.util
+
+  import numpy as np
+
+  from jaxworld.infer import rollout
+  from jaxworld.runs import assemble
+  script = Path(__file__).parents[1] / "examples" / "play_bundle.py"
+  spec = importlib.util.spec_from_file_location("play_bundle", script)
+  play = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(play)
+  with np.load(bundle / "episodes.npz") as f:
+    frames, actions = f["frames"][:2], f["actions"][:2]
+  expected = rollout.rollout(assemble.load_world_model(run), frames,
+                             actions)["model"]
+  np.testing.assert_array_equal(
+      play.rollout(play.load_bundle(bundle), frames, actions), expected)

@@ -16,7 +16,8 @@ from flax import nnx
 from conftest import tiny_config
 from jaxworld import config as configlib
 from jaxworld.errors import JaxWorldError
-from jaxworld.train import checkpoint, ckpt_info
+from jaxworld.runs import checkpoint
+from jaxworld.runs import info as ckpt_info
 from jaxworld.train.step import TrainState
 
 CFG = tiny_config()

@@ -1,5 +1,7 @@
 """Configs: TOML + overrides, validated with messages that say the fix."""
 
+import typing
+
 import pytest
 
 from jaxworld import config
@@ -40,3 +42,59 @@ def test_round_trip(tmp_path):
   cfg = config.from_dict({}, ["train.steps=11"])
   config.save(cfg, tmp_path / "c.json")
   assert config.load(tmp_path / "c.json") == cfg
+
+
+@pytest.mark.parametrize("key, bad, allowed", [
+    ("data.bad_records", "ignore", '"error", "skip"'),
+    ("train.stage", "vae", '"tokenizer", "lam", "dynamics"'),
+    ("dynamics.actions", "none", '"real", "latent"'),
+    ("rollout.mask_schedule", "exp", '"cosine", "linear", "square"'),
+    ("lam.decoder.remat", "some", '"none", "full", "save_dots"'),
+    ("tokenizer.encoder.dtype", "float16", '"auto", "float32", "bfloat16"'),
+])
+def test_choice_outside_its_literal_names_key_value_and_choices(key, bad,
+                                                                allowed):
+  with pytest.raises(JaxWorldError) as e:
+    config.from_dict({}, [f'{key}="{bad}"'])
+  assert f"{key}='{bad}'" in str(e.value) and allowed in str(e.value)
+
+
+def test_choice_fields_are_literals_but_kinds_stay_open():
+  # Kinds name entries of the model registry, which grows at run time.
+  hints = typing.get_type_hints(config.TrainConfig)
+  assert typing.get_args(hints["stage"]) == ("tokenizer", "lam", "dynamics")
+  assert typing.get_type_hints(config.TokenizerConfig)["kind"] is str
+  assert typing.get_type_hints(config.DynamicsConfig)["kind"] is str
+
+
+BACKBONES = ("tokenizer.encoder", "tokenizer.decoder", "dynamics.backbone",
+             "lam.encoder", "lam.decoder")
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("override, match", [
+    ("num_heads=3", "width=128 is not divisible by {name}.num_heads=3"),
+    ("mlp_ratio=0", "{name}.mlp_ratio=0: width, depth, num_heads and "
+     "mlp_ratio of a backbone must be positive"),
+    ("num_heads=0", "{name}.num_heads=0: "),
+    ("depth=-1", "{name}.depth=-1: "),
+])
+def test_every_backbone_gets_the_same_checks(name, override, match):
+  with pytest.raises(JaxWorldError, match=match.format(name=name)):
+    config.from_dict({}, [f"{name}.{override}"])
+
+
+@pytest.mark.parametrize("name", ("tokenizer.patch_size", "lam.patch_size"))
+def test_patch_sizes_must_be_positive_and_tile_the_frame(name):
+  with pytest.raises(JaxWorldError, match=f"{name}=0 must be positive"):
+    config.from_dict({}, [f"{name}=0"])
+  with pytest.raises(JaxWorldError, match=f"not divisible by {name}=5"):
+    config.from_dict({}, [f"{name}=5"])
+
+
+def test_public_surface_is_re_exported():
+  for name in ("Config", "load", "resolve", "from_dict", "to_dict",
+               "flatten", "save", "describe", "field", "section",
+               "load_preset", "CONFIG_DIR", "BackboneConfig", "MeshConfig"):
+    assert hasattr(config, name), name
+  assert config.flatten({"a": {"b": 1}}) == {"a.b": 1}

@@ -11,12 +11,12 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import TINY, tiny_config
+from conftest import TINY, assert_bundle_plays_like_rollout, tiny_config
 from jaxworld import cli
 from jaxworld.infer import sampler
 from jaxworld.models import build, diffusion
-from jaxworld.models.quantizer import Continuous
-from jaxworld.train import objectives
+from jaxworld.models.tokenizer import Continuous
+from jaxworld.models.sampling import SampleOptions
 
 DIFFUSION = ('dynamics.kind="diffusion"', 'tokenizer.kind="continuous"',
              "tokenizer.latent_dim=4")
@@ -66,8 +66,10 @@ def test_sampler_shapes_and_determinism():
   model = _model()
   latents, actions = _batch()
   key = jax.random.key(0)
-  a = diffusion.sample_next_frame(model, latents[:, :3], actions[:, :3], key, 4)
-  b = diffusion.sample_next_frame(model, latents[:, :3], actions[:, :3], key, 4)
+  a = diffusion.next_frame(model, latents[:, :3], actions[:, :3], key,
+                           SampleOptions(steps=4))
+  b = diffusion.next_frame(model, latents[:, :3], actions[:, :3], key,
+                           SampleOptions(steps=4))
   assert a.shape == (B, N, E)
   np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(diffusion.noise_levels(4),
@@ -82,7 +84,8 @@ def test_loss_falls_on_one_tiny_batch():
   @nnx.jit
   def step(model, opt, key):
     def loss_fn(m):
-      return diffusion.loss(m, latents, actions, key)[0]
+      return diffusion.loss(m, {"tokens": latents, "actions": actions},
+                            key)[0]
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     opt.update(model, grads)
     return loss
@@ -96,7 +99,7 @@ def test_objective_through_the_stage_registry_learns():
   cfg = tiny_config(*DIFFUSION)
   model = build.dynamics(cfg, nnx.Rngs(0))
   assert isinstance(model, diffusion.DiffusionDynamics)
-  objective = objectives.for_stage(cfg, "dynamics")
+  objective = build.dynamics_kind(cfg)
   latents, actions = _batch()
   opt = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
 
@@ -122,8 +125,8 @@ def test_rollout_sampler_extends_latents_deterministically():
   latents, actions = _batch()
   actions = jnp.concatenate([actions, actions], 1)  # context + horizon
   roll = lambda seed: sampler.rollout_tokens(
-      model, latents[:, :2], actions, horizon=3, window=T,
-      rng=jax.random.key(seed), steps=2)
+      "diffusion", model, latents[:, :2], actions, horizon=3, window=T,
+      rng=jax.random.key(seed), options=SampleOptions(steps=2))
   a = roll(0)
   assert a.shape == (B, 5, N, E) and a.dtype == jnp.float32
   np.testing.assert_array_equal(a[:, :2], latents[:, :2])
@@ -131,12 +134,12 @@ def test_rollout_sampler_extends_latents_deterministically():
   assert not np.allclose(a[:, 2:], roll(1)[:, 2:])  # the noise is the seed's
   # The imagined frames read the history and the actions.
   other = sampler.rollout_tokens(
-      model, latents[:, :2] + 0.5, actions, horizon=3, window=T,
-      rng=jax.random.key(0), steps=2)
+      "diffusion", model, latents[:, :2] + 0.5, actions, horizon=3,
+      window=T, rng=jax.random.key(0), options=SampleOptions(steps=2))
   assert not np.allclose(a[:, 2:], other[:, 2:], atol=1e-4)
   moved = sampler.rollout_tokens(
-      model, latents[:, :2], (actions + 1) % A, horizon=3, window=T,
-      rng=jax.random.key(0), steps=2)
+      "diffusion", model, latents[:, :2], (actions + 1) % A, horizon=3,
+      window=T, rng=jax.random.key(0), options=SampleOptions(steps=2))
   assert not np.allclose(a[:, 2:], moved[:, 2:], atol=1e-4)
 
 
@@ -176,8 +179,11 @@ def test_trains_and_rolls_out_through_the_cli(tiny_dataset,
   result = json.loads((tmp_path / "eval" / "eval.json").read_text())
   assert np.isfinite(result["psnr_model"]) and result["steps_per_frame"] == 3
   assert cli.main(["export", "--workdir", str(run),
-                   "--out", str(tmp_path / "bundle")]) == 2
-  assert 'supports dynamics.kind="maskgit"' in capsys.readouterr().err
+                   "--out", str(tmp_path / "bundle")]) == 0
+  manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+  assert manifest["rollout"]["codes_per_frame"] == "float32[16, 4]"
+  assert manifest["rollout"]["steps_per_frame"] == 2
+  assert_bundle_plays_like_rollout(run, tmp_path / "bundle")
 
 
 def test_tokenizer_kind_must_fit_the_dynamics(tiny_demo, tiny_dataset,

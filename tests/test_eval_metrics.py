@@ -8,7 +8,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from conftest import tiny_config
 from jaxworld.config import WorldConfig
 from jaxworld.data import world
-from jaxworld.eval import metrics, probe
+from jaxworld import frame_metrics
+from jaxworld.eval import probe, readout
 from jaxworld.models import build
 
 
@@ -18,14 +19,14 @@ def _frames(seed, shape=(2, 3, 24, 24, 3), low=0.0, high=1.0):
 
 def test_psnr_of_identical_frames_is_the_cap():
   x = _frames(0)
-  np.testing.assert_allclose(metrics.psnr_per_frame(x, x), 100.0)
+  np.testing.assert_allclose(frame_metrics.psnr_per_frame(x, x), 100.0)
 
 
 def test_psnr_of_gaussian_noise():
   truth = _frames(0, (2, 3, 32, 32, 3), 0.2, 0.8)
   sigma = 0.05
   noisy = truth + np.random.default_rng(1).normal(0, sigma, truth.shape)
-  psnr_BT = metrics.psnr_per_frame(noisy, truth)
+  psnr_BT = frame_metrics.psnr_per_frame(noisy, truth)
   assert psnr_BT.shape == (2, 3)
   # 9216 samples per frame: the MSE is within ~1.5% (0.07 dB) of sigma^2.
   np.testing.assert_allclose(psnr_BT, 10 * np.log10(1 / sigma ** 2), atol=0.3)
@@ -33,7 +34,7 @@ def test_psnr_of_gaussian_noise():
 
 def test_ssim_of_identical_frames_is_one():
   x = (_frames(0) * 255).astype(np.uint8)
-  np.testing.assert_allclose(metrics.ssim_per_frame(x, x), 1.0, atol=1e-12)
+  np.testing.assert_allclose(frame_metrics.ssim_per_frame(x, x), 1.0, atol=1e-12)
 
 
 def test_ssim_of_constant_frames_is_the_luminance_term():
@@ -42,15 +43,15 @@ def test_ssim_of_constant_frames_is_the_luminance_term():
   y = np.full((1, 2, 16, 16, 3), b)
   c1 = (0.01 * 1.0) ** 2
   want = (2 * a * b + c1) / (a * a + b * b + c1)
-  np.testing.assert_allclose(metrics.ssim_per_frame(x, y), want, rtol=1e-9)
+  np.testing.assert_allclose(frame_metrics.ssim_per_frame(x, y), want, rtol=1e-9)
 
 
 def test_ssim_of_shifted_copy_is_below_one_and_symmetric():
   x = _frames(0, low=0.0, high=0.8)
   shifted = x + 0.2
-  ssim_BT = metrics.ssim_per_frame(shifted, x)
+  ssim_BT = frame_metrics.ssim_per_frame(shifted, x)
   assert np.all(ssim_BT < 0.99) and np.all(ssim_BT > 0.5)
-  np.testing.assert_allclose(metrics.ssim_per_frame(x, shifted), ssim_BT)
+  np.testing.assert_allclose(frame_metrics.ssim_per_frame(x, shifted), ssim_BT)
 
 
 def _ssim_direct(x_THWC, y_THWC):
@@ -72,25 +73,25 @@ def test_ssim_matches_direct_windows_and_uint8():
   x = (_frames(0, (1, 2, 20, 17, 3)) * 255).astype(np.uint8)
   y = np.clip(x + np.random.default_rng(1).normal(0, 30, x.shape), 0, 255
               ).astype(np.uint8)
-  got_BT = metrics.ssim_per_frame(x, y)
+  got_BT = frame_metrics.ssim_per_frame(x, y)
   want_T = _ssim_direct(x[0] / 255.0, y[0] / 255.0)
   np.testing.assert_allclose(got_BT[0], want_T, rtol=1e-10)
   assert 0.0 < got_BT.max() < 0.99
-  np.testing.assert_allclose(metrics.ssim_per_frame(x / 255.0, y / 255.0),
+  np.testing.assert_allclose(frame_metrics.ssim_per_frame(x / 255.0, y / 255.0),
                              got_BT, rtol=1e-12)
 
 
 def test_r2_exact_mean_and_constant_targets():
   rng = np.random.default_rng(0)
   truth_NK = rng.normal(size=(100, 3))
-  np.testing.assert_allclose(metrics.r2_score(truth_NK, truth_NK), 1.0)
+  np.testing.assert_allclose(readout.r2_score(truth_NK, truth_NK), 1.0)
   mean_NK = np.broadcast_to(truth_NK.mean(0), truth_NK.shape)
-  np.testing.assert_allclose(metrics.r2_score(mean_NK, truth_NK), 0.0,
+  np.testing.assert_allclose(readout.r2_score(mean_NK, truth_NK), 0.0,
                              atol=1e-12)
   worse_NK = mean_NK + truth_NK.std(0)
-  np.testing.assert_allclose(metrics.r2_score(worse_NK, truth_NK), -1.0)
+  np.testing.assert_allclose(readout.r2_score(worse_NK, truth_NK), -1.0)
   const_N1 = np.ones((100, 1))
-  assert np.isnan(metrics.r2_score(const_N1, const_N1)).all()
+  assert np.isnan(readout.r2_score(const_N1, const_N1)).all()
 
 
 def test_ridge_recovers_a_linear_map():
@@ -100,10 +101,10 @@ def test_ridge_recovers_a_linear_map():
   w_DK = rng.normal(size=(12, 3))
   b_K = np.array([1.0, -2.0, 5.0])
   y_NK = x_ND @ w_DK + b_K
-  w, b = metrics.fit_ridge(x_ND, y_NK, alpha=1e-8)
+  w, b = readout.fit_ridge(x_ND, y_NK, alpha=1e-8)
   np.testing.assert_allclose(w, w_DK, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(b, b_K, atol=1e-2)
-  np.testing.assert_allclose(metrics.predict_ridge(x_ND, w, b), y_NK,
+  np.testing.assert_allclose(readout.predict_ridge(x_ND, w, b), y_NK,
                              atol=1e-3)
 
 
@@ -115,16 +116,16 @@ def test_ridge_dual_matches_primal_and_path_matches_single_fits():
   z_ND = (x_ND - x_ND.mean(0)) / x_ND.std(0)
   w_std_DK = np.linalg.solve(z_ND.T @ z_ND + alpha * np.eye(90),
                              z_ND.T @ (y_NK - y_NK.mean(0)))
-  w, _ = metrics.fit_ridge(x_ND, y_NK, alpha)
+  w, _ = readout.fit_ridge(x_ND, y_NK, alpha)
   np.testing.assert_allclose(w, w_std_DK / x_ND.std(0)[:, None], rtol=1e-4,
                              atol=1e-6)
-  path = metrics.fit_ridge_path(x_ND, y_NK, [0.1, alpha, 100.0])
+  path = readout.fit_ridge_path(x_ND, y_NK, [0.1, alpha, 100.0])
   for (w_a, b_a), a in zip(path, [0.1, alpha, 100.0]):
-    w_1, b_1 = metrics.fit_ridge(x_ND, y_NK, a)
+    w_1, b_1 = readout.fit_ridge(x_ND, y_NK, a)
     np.testing.assert_allclose(w_a, w_1, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(b_a, b_1, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="> 0"):
-    metrics.fit_ridge(x_ND, y_NK, 0.0)
+    readout.fit_ridge(x_ND, y_NK, 0.0)
 
 
 def test_probe_finds_linear_code_and_not_noise():

@@ -19,6 +19,7 @@ from jaxworld import cli
 from jaxworld.data import pipeline
 from jaxworld.errors import JaxWorldError
 from jaxworld.infer import export, rollout
+from jaxworld.runs import assemble
 
 SCRIPT = Path(__file__).parents[1] / "examples" / "play_bundle.py"
 
@@ -54,9 +55,9 @@ def run(tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def world(run):
   """(config, dynamics, tokenizer) and held-out episodes."""
-  cfg, dynamics, tokenizer = rollout.load_world_model(run)
-  episodes = pipeline.load_episodes(cfg.data.path, "eval", 4)
-  return cfg, dynamics, tokenizer, episodes
+  loaded = assemble.load_world_model(run)
+  episodes = pipeline.load_episodes(loaded.cfg.data.path, "eval", 4)
+  return loaded.cfg, loaded.dynamics, loaded.tokenizer, episodes
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +69,9 @@ def expected(world):
 
   def frames(b):
     if b not in cache:
-      cache[b] = rollout.rollout(cfg, dynamics, tokenizer,
-                                 episodes["frames"][:b],
-                                 episodes["actions"][:b])["model"]
+      cache[b] = rollout.rollout(
+          assemble.WorldModel(cfg, dynamics, tokenizer, None),
+          episodes["frames"][:b], episodes["actions"][:b])["model"]
     return cache[b]
   return frames
 
@@ -161,8 +162,9 @@ def test_bfloat16_bundle_halves_params_and_plays_rounded_weights(
   frames, actions = episodes["frames"][:1], episodes["actions"][:1]
   # The bundle upcasts its bf16 weights and computes as in float32, so it
   # matches a float32 rollout of the rounded weights exactly.
-  expected = rollout.rollout(cfg, rounded(dynamics), rounded(tokenizer),
-                             frames, actions)["model"]
+  expected = rollout.rollout(
+      assemble.WorldModel(cfg, rounded(dynamics), rounded(tokenizer), None),
+      frames, actions)["model"]
   np.testing.assert_array_equal(
       play.rollout(play.load_bundle(bundles["bfloat16"]), frames, actions),
       expected)

@@ -17,12 +17,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from conftest import TINY
 from jaxworld import cli
-from jaxworld.infer import rollout
-from jaxworld.train import checkpoint, preemption
+from jaxworld.runs import assemble, checkpoint
+from jaxworld.train import preemption
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "launch"))
@@ -207,10 +206,10 @@ def test_fine_tune_starts_from_params_not_optimizer(tiny_dataset, reference,
   assert json.loads(lines[0])["learning_rate"] == 0.0
   # Two steps at lr 1e-9 leave the source's final parameters in place.
   cfg = checkpoint.read_config(run)
-  tuned = rollout._restore(cfg, "tokenizer", run, 2)
-  source = rollout._restore(cfg, "tokenizer", reference, 8)
-  for a, b in zip(jax.tree.leaves(nnx.state(tuned)),
-                  jax.tree.leaves(nnx.state(source))):
+  mesh = assemble.one_device_mesh()
+  _, tuned = assemble.restore(cfg, "tokenizer", run, 2, mesh)
+  _, source = assemble.restore(cfg, "tokenizer", reference, 8, mesh)
+  for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(source)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
   # A source of another stage is refused before anything is compiled.
   code = cli.main(["train", "dynamics", *TINY, f"data.path={tiny_dataset}",

@@ -13,7 +13,6 @@ from conftest import TINY, tiny_config
 from jaxworld import cli
 from jaxworld.infer import latent_actions
 from jaxworld.models import build
-from jaxworld.train import objectives
 from test_variants import overfit_losses
 
 TINY_LAM = ("lam.encoder.width=32", "lam.encoder.depth=2",
@@ -65,7 +64,7 @@ def test_lam_loss_falls_on_one_batch():
   cfg = tiny_config('train.stage="lam"', *TINY_LAM)
   frames = (_frames() * 255).astype(jnp.uint8)
   losses = overfit_losses(build.lam(cfg, nnx.Rngs(0)),
-                          objectives.for_stage(cfg, "lam"),
+                          build.stage_kind(cfg, "lam"),
                           {"frames": frames}, steps=20)
   assert losses[-1] < 0.5 * losses[0], losses
 
@@ -108,3 +107,8 @@ def test_lam_then_latent_dynamics_through_the_cli(tiny_demo, tmp_path, capsys):
   assert cli.main(["eval", "--workdir", str(dyn_run)]) == 2
   assert "supports dynamics runs conditioned on real actions" in \
       capsys.readouterr().err
+  # A bundle has no LAM to infer actions with: refused, nothing written.
+  assert cli.main(["export", "--workdir", str(dyn_run),
+                   "--out", str(tmp_path / "bundle")]) == 2
+  assert "a bundle cannot infer" in capsys.readouterr().err
+  assert not (tmp_path / "bundle").exists()

@@ -56,7 +56,7 @@ def test_tokenizer_shapes_and_range():
 
 
 def test_fsq_tokens_and_codes_agree():
-  from jaxworld.models.quantizer import FSQ
+  from jaxworld.models.tokenizer import FSQ
   fsq = FSQ((8, 5, 3))
   z = 3 * jax.random.normal(jax.random.key(0), (4096, 3))
   codes, tokens, aux = fsq(z)

@@ -12,7 +12,7 @@ from flax import nnx
 from conftest import tiny_config
 from jaxworld import config as configlib
 from jaxworld.models import build
-from jaxworld.parallel import mesh as meshlib
+from jaxworld.parallel import mesh as meshlib, sharding
 from jaxworld.train import step as steplib
 
 PRESETS = ("dp", "fsdp", "fsdp_tp", "tp_sp")
@@ -32,7 +32,7 @@ def _train(cfg, devices, stage):
   if stage == "dynamics":
     graphdef, state = nnx.split(build.tokenizer(cfg, nnx.Rngs(0)))
     frozen = steplib.Frozen(graphdef, jax.device_put(
-        state, meshlib.param_shardings(state, mesh, cfg.mesh.rules)))
+        state, sharding.param_shardings(state, mesh, cfg.mesh.rules)))
   compiled = steplib.compile_step(cfg, stage, mesh, frozen)
   state = compiled.init()
   batch = steplib.device_batch(_batch(cfg), compiled.batch_shardings)
@@ -100,7 +100,7 @@ def test_fsdp_state_is_split_eight_ways():
   cfg = tiny_config("mesh.preset=fsdp")
   mesh = meshlib.make_mesh(cfg.mesh)
   _, abstract = steplib.abstract_state(cfg, "tokenizer")
-  shardings = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
+  shardings = sharding.param_shardings(abstract, mesh, cfg.mesh.rules)
   total = per_device = 0
   for (_, var), (_, sh) in zip(nnx.to_flat_state(abstract),
                                nnx.to_flat_state(shardings)):

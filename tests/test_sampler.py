@@ -7,12 +7,13 @@ from flax import nnx
 
 from conftest import tiny_config
 from jaxworld.infer import sampler
-from jaxworld.models import build
+from jaxworld.models import build, maskgit
+from jaxworld.models.sampling import SampleOptions
 
 
 def test_schedule_reveals_every_token_and_never_rehides():
   for steps in (1, 2, 8):
-    hidden = [sampler.hidden_after(s, steps, 64) for s in range(steps)]
+    hidden = [maskgit.hidden_after(s, steps, 64) for s in range(steps)]
     assert hidden[-1] == 0
     assert all(a >= b for a, b in zip(hidden, hidden[1:]))
     assert hidden[0] < 64
@@ -25,13 +26,14 @@ def test_rollout_actions_line_up():
   model = build.dynamics(cfg, nnx.Rngs(0))
   # Untrained, actions barely move the logits; make them count so a changed
   # action visibly changes the argmax tokens it reaches.
-  model.action_embed_AD[...] = model.action_embed_AD[...] * 100.0
+  model.action_embed.embedding[...] = model.action_embed.embedding[...] * 100.0
   context = jax.random.randint(jax.random.key(0), (2, 2, 16), 0, 32)
   actions = jnp.zeros((2, 4), jnp.int32)
 
   def imagine(a):
-    return sampler.rollout_tokens(model, context, a, horizon=2, window=4,
-                                  rng=jax.random.key(1), steps=2)
+    return sampler.rollout_tokens("maskgit", model, context, a, horizon=2,
+                                  window=4, rng=jax.random.key(1),
+                                  options=SampleOptions(steps=2))
 
   base = imagine(actions)
   assert base.shape == (2, 4, 16)

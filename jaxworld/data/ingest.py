@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from jaxworld.data import records, sources, zarr_store
 from jaxworld.errors import JaxWorldError

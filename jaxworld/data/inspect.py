@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from jaxworld import media
 from jaxworld.data import pipeline, records, stores
-from jaxworld.infer import media
 
 _SHEET_EPISODES = 8
 _SHEET_FRAMES = 8

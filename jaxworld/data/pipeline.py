@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import grain
 import numpy as np
@@ -155,7 +154,3 @@ def load_episodes(root: str | Path, split: str, count: int
     episodes = [{k: v[:min(lengths)] if v.shape[:1] == e["frames"].shape[:1]
                  else v for k, v in e.items()} for e in episodes]
   return {k: np.stack([e[k] for e in episodes]) for k in episodes[0]}
-
-
-def element_spec(batch: dict[str, Any]) -> str:
-  return ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in batch.items())

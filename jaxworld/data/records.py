@@ -47,7 +47,6 @@ READABLE_VERSIONS = (1, 2)
 FRAME_CODECS = ("raw", "png")
 FORMAT = "jaxworld.episodes"
 DTYPES = ("uint8", "int32", "float32")
-SPLITS = ("train", "eval")
 # Random access reads one record at a time: no grouping; zstd because frames
 # are mostly background and compress ~5x.
 WRITER_OPTIONS = "group_size:1,zstd:3"

@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from jaxworld import config as configlib
+from jaxworld import config as configlib, frame_metrics, media
 from jaxworld.data import pipeline, stores
 from jaxworld.errors import JaxWorldError
-from jaxworld.eval import metrics, probe
-from jaxworld.infer import media, rollout, sampler
+from jaxworld.eval import probe
+from jaxworld.infer import rollout, sampler
+from jaxworld.runs import assemble
 
 log = logging.getLogger(__name__)
 
@@ -57,30 +58,29 @@ def _per_step(values_ET: np.ndarray) -> list[float]:
   return [round(float(x), 4) for x in np.nanmean(values_ET, 0)]
 
 
-def evaluate(cfg: configlib.Config, dynamics: Any, tokenizer: Any,
-             data_path: str | Path, num_episodes: int
+def evaluate(world: assemble.WorldModel, data_path: str | Path,
+             num_episodes: int
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """(metrics, frames) of a world model on held-out episodes."""
+  cfg = world.cfg
   r = cfg.rollout
   c, h = r.context_frames, r.horizon
   episodes = pipeline.load_episodes(data_path, "eval", num_episodes)
-  frames = rollout.rollout(cfg, dynamics, tokenizer, episodes["frames"],
-                           episodes["actions"])
+  frames = rollout.rollout(world, episodes["frames"], episodes["actions"])
   frames["random_actions"] = rollout.rollout(
-      cfg, dynamics, tokenizer, episodes["frames"],
+      world, episodes["frames"],
       random_actions(episodes["actions"], c, cfg.dynamics.num_actions,
                      r.seed + 1))["model"]
   truth = frames["truth"]
   out: dict[str, Any] = {"episodes": num_episodes, "context_frames": c,
                          "horizon": h, "dynamics_kind": cfg.dynamics.kind,
                          "maskgit_steps": r.maskgit_steps,
-                         "steps_per_frame": sampler.steps_per_frame(
-                             cfg.dynamics.kind, r),
+                         "steps_per_frame": sampler.options_for(cfg).steps,
                          "temperature": r.temperature, "per_step": {}}
-  psnr = {k: metrics.psnr_per_frame(frames[k], truth)
+  psnr = {k: frame_metrics.psnr_per_frame(frames[k], truth)
           for k in ("model", "copy_last", "blank", "tokenizer",
                     "random_actions")}
-  ssim = {k: metrics.ssim_per_frame(frames[k], truth)
+  ssim = {k: frame_metrics.ssim_per_frame(frames[k], truth)
           for k in ("model", "copy_last", "blank", "tokenizer")}
   for name, values in (("psnr", psnr), ("ssim", ssim)):
     for k, v in values.items():
@@ -101,7 +101,7 @@ def evaluate(cfg: configlib.Config, dynamics: Any, tokenizer: Any,
   available = len(stores.open_store(data_path, "train"))
   train = pipeline.load_episodes(data_path, "train",
                                  min(PROBE_TRAIN_EPISODES, available))
-  out["probe"] = probe.physics_probe(tokenizer, cfg, train, episodes)
+  out["probe"] = probe.physics_probe(world.tokenizer, cfg, train, episodes)
   return out, frames
 
 
@@ -123,10 +123,11 @@ def run(workdir: str | Path, out: str | Path | None = None,
   start = time.perf_counter()
   _check_supported(configlib.load(Path(workdir) / "config.json")
                    if (Path(workdir) / "config.json").exists() else None)
-  cfg, dynamics, tokenizer = rollout.load_world_model(workdir, overrides)
+  world = assemble.load_world_model(workdir, overrides)
+  cfg = world.cfg
   n = num_episodes or cfg.rollout.num_episodes
-  result, frames = evaluate(cfg, dynamics, tokenizer,
-                            data_path or pipeline.eval_path(cfg.data), n)
+  result, frames = evaluate(world, data_path or pipeline.eval_path(cfg.data),
+                            n)
   result["run"] = str(workdir)
   result["overrides"] = list(overrides)
   result["seconds"] = round(time.perf_counter() - start, 1)

@@ -26,7 +26,7 @@ from flax import nnx
 from jaxworld.config import Config
 from jaxworld.data import world
 from jaxworld.errors import JaxWorldError
-from jaxworld.eval import metrics
+from jaxworld.eval import readout
 
 # Ridge penalties tried (on standardized features). Useful ones span decades
 # with the feature count and the sample size, so we choose on a validation
@@ -68,18 +68,18 @@ def probe(features_train_NF: np.ndarray, targets_train_NY: np.ndarray,
     if not 0 < n_val < n:
       raise ValueError(f"val_fraction={val_fraction} of {n} training rows "
                        f"leaves no validation or no fit rows.")
-    path = metrics.fit_ridge_path(features_train_NF[:n - n_val],
+    path = readout.fit_ridge_path(features_train_NF[:n - n_val],
                                   targets_train_NY[:n - n_val], alphas)
-    val_r2_AY = np.stack([metrics.r2_score(
-        metrics.predict_ridge(features_train_NF[n - n_val:], w, b),
+    val_r2_AY = np.stack([readout.r2_score(
+        readout.predict_ridge(features_train_NF[n - n_val:], w, b),
         targets_train_NY[n - n_val:]) for w, b in path])
     chosen_Y = np.argmax(np.nan_to_num(val_r2_AY, nan=-np.inf), axis=0)
   used = sorted(set(chosen_Y.tolist()))  # One factorization for all.
-  fits = dict(zip(used, metrics.fit_ridge_path(
+  fits = dict(zip(used, readout.fit_ridge_path(
       features_train_NF, targets_train_NY, [alphas[a] for a in used])))
   w_FY = np.stack([fits[a][0][:, j] for j, a in enumerate(chosen_Y)], 1)
   b_Y = np.array([fits[a][1][j] for j, a in enumerate(chosen_Y)])
-  r2_Y = metrics.r2_score(metrics.predict_ridge(features_test_NF, w_FY, b_Y),
+  r2_Y = readout.r2_score(readout.predict_ridge(features_test_NF, w_FY, b_Y),
                           targets_test_NY)
   groups = groups or {"all": range(num_targets)}
   out: dict[str, Any] = {

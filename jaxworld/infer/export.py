@@ -8,8 +8,9 @@ loads it with jax and numpy alone and imagines the same frames as
                        for each function its file, the params it takes, its
                        inputs/outputs as "dtype[shape]" with symbolic dims b
                        (batch) and t (history frames), and the rollout
-                       settings (context frames, horizon, window, MaskGIT
-                       steps, temperature, seed, tokens per frame, ...)
+                       settings (context frames, horizon, window, dynamics
+                       kind, steps per frame, temperature, seed, codes per
+                       frame, ...)
     config.json        the resolved config of the dynamics run
     episodes.npz       a few held-out episodes (frames, actions) to try it on,
                        when the run's dataset is at hand
@@ -21,12 +22,14 @@ loads it with jax and numpy alone and imagines the same frames as
     dynamics_step.jax  `jax.export.deserialize`), each taking its model's
     decode.jax         params dict as the first argument:
       encode(params, frames u8[b,t,H,W,C]) -> tokens i32[b,N]
-          tokens of the last of t <= window frames
+          tokens of the last of t <= window frames (a continuous
+          tokenizer's: latents f32[b,N,E]; the manifest says which)
       dynamics_step(params, history i32[b,t,N], actions i32[b,t],
                     rng u32[2], temperature f32[]) -> (tokens i32[b,N],
                     rng u32[2])
-          one imagined frame (all MaskGIT passes) after t < window frames;
-          actions[:, i] is the action taken after history frame i
+          one imagined frame (the run's dynamics kind, all its passes)
+          after t < window frames; actions[:, i] is the action taken after
+          history frame i
       decode(params, tokens i32[b,t,N]) -> frame u8[b,H,W,C]
           the last of t <= window frames
 
@@ -58,9 +61,9 @@ from flax import nnx
 from jaxworld import config as configlib
 from jaxworld.data import pipeline
 from jaxworld.errors import JaxWorldError
-from jaxworld.infer import rollout, sampler
+from jaxworld.infer import sampler
 from jaxworld.models import build
-from jaxworld.train import checkpoint
+from jaxworld.runs import assemble, checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,8 @@ def export_run(workdir: str | Path, out: str | Path | None = None,
         f"{out} already exists and is not empty; an export never overwrites "
         f"it. Delete it, or pass a new directory with --out DIR.")
   _check_exportable(checkpoint.read_config(workdir), workdir)
-  cfg, dynamics, tokenizer = rollout.load_world_model(workdir)
+  world = assemble.load_world_model(workdir)
+  cfg, dynamics, tokenizer = world.cfg, world.dynamics, world.tokenizer
   models = {"tokenizer": tokenizer, "dynamics": dynamics}
   split = {name: sampler.model_params(m) for name, m in models.items()}
   params = {name: _cast(p, PARAM_DTYPES[dtype])
@@ -122,7 +126,8 @@ def export_run(workdir: str | Path, out: str | Path | None = None,
     for name, (model_name, arg_names, out_names) in FUNCTIONS.items():
       graphdef = split[model_name][0]
       exported = jax.export.export(
-          jax.jit(sampler.program(name, graphdef, cfg.rollout.maskgit_steps)),
+          jax.jit(sampler.program(name, graphdef, cfg.dynamics.kind,
+                                  sampler.options_for(cfg))),
           platforms=tuple(platforms))(
               params[model_name], *_input_specs(name, cfg, tokenizer))
       (tmp / f"{name}.jax").write_bytes(exported.serialize())
@@ -164,21 +169,15 @@ def _write_sample_episodes(cfg: Any, path: Path, count: int = 4) -> None:
 
 
 def _check_exportable(cfg: configlib.Config, workdir: str | Path) -> None:
-  """The bundle format (v1) holds MaskGIT with the cosine schedule on real
-  actions; refuse anything else before writing a file."""
-  d, r = cfg.dynamics, cfg.rollout
-  if d.kind != "maskgit" or d.actions != "real":
+  """A bundle holds a tokenizer and a dynamics model of any kind, sampled
+  with the run's rollout settings; it has no LAM, so a latent-action run is
+  refused before a file is written."""
+  if cfg.dynamics.actions != "real":
     raise JaxWorldError(
-        f"jaxworld export supports dynamics.kind=\"maskgit\" with "
-        f"dynamics.actions=\"real\"; {workdir} has dynamics.kind="
-        f"{d.kind!r}, dynamics.actions={d.actions!r}. Play it with "
+        f"jaxworld export supports dynamics runs on real actions "
+        f"(dynamics.actions=\"real\"); {workdir} is conditioned on a LAM's "
+        f"latent actions, which a bundle cannot infer. Play it with "
         f"`jaxworld rollout --workdir {workdir}` instead.")
-  if r.mask_schedule != "cosine" or r.top_k != 0:
-    raise JaxWorldError(
-        f"jaxworld export bundles MaskGIT with rollout.mask_schedule="
-        f"\"cosine\" and rollout.top_k=0; {workdir} has "
-        f"{r.mask_schedule!r} and top_k={r.top_k}. Train/rollout with the "
-        f"defaults to export.")
 
 
 def _cast(params: sampler.Params, dtype: Any) -> dict[str, np.ndarray]:
@@ -190,22 +189,37 @@ def _storable(x: np.ndarray) -> np.ndarray:
   return x.view(np.uint16) if x.dtype == jnp.bfloat16 else x
 
 
+def _code_spec(cfg: configlib.Config, tokenizer: nnx.Module
+               ) -> jax.ShapeDtypeStruct:
+  """What the tokenizer codes one frame as, e.g. int32 [N] (FSQ tokens) or
+  float32 [N, E] (continuous latents), read off the tokenizer itself."""
+  size = cfg.world.image_size
+  frames = jax.ShapeDtypeStruct((1, 1, size, size, _channels(cfg, tokenizer)),
+                                jnp.float32)
+  codes = jax.eval_shape(tokenizer.encode, frames)
+  return jax.ShapeDtypeStruct(codes.shape[2:], codes.dtype)
+
+
+def _channels(cfg: configlib.Config, tokenizer: nnx.Module) -> int:
+  return tokenizer.patch_in.kernel.shape[0] // cfg.tokenizer.patch_size ** 2
+
+
 def _input_specs(name: str, cfg: configlib.Config, tokenizer: nnx.Module
                  ) -> tuple[jax.ShapeDtypeStruct, ...]:
   """Inputs after params, batch `b` and history `t` symbolic."""
-  window, n = cfg.data.window, build.num_tokens(cfg)
-  size = cfg.world.image_size
-  channels = tokenizer.patch_in.kernel.shape[0] // cfg.tokenizer.patch_size ** 2
+  window, size = cfg.data.window, cfg.world.image_size
   # The step appends the new frame to its history: t < window.
   max_t = window - 1 if name == "dynamics_step" else window
   b, t = jax.export.symbolic_shape("b, t", constraints=(f"t <= {max_t}",))
   spec = jax.ShapeDtypeStruct
+  code = _code_spec(cfg, tokenizer)
+  codes = spec((b, t, *code.shape), code.dtype)
   if name == "encode":
-    return (spec((b, t, size, size, channels), jnp.uint8),)
+    return (spec((b, t, size, size, _channels(cfg, tokenizer)), jnp.uint8),)
   if name == "decode":
-    return (spec((b, t, n), jnp.int32),)
-  return (spec((b, t, n), jnp.int32), spec((b, t), jnp.int32),
-          spec((2,), jnp.uint32), spec((), jnp.float32))
+    return (codes,)
+  return (codes, spec((b, t), jnp.int32), spec((2,), jnp.uint32),
+          spec((), jnp.float32))
 
 
 def _aval(a: Any) -> str:
@@ -229,6 +243,7 @@ def _manifest(cfg: configlib.Config, workdir: str | Path,
               functions: dict[str, Any]) -> dict[str, Any]:
   r = cfg.rollout
   tok, dyn = models["tokenizer"], models["dynamics"]
+  options = sampler.options_for(cfg)
   return {
       "format": FORMAT, "version": VERSION,
       "param_dtype": dtype,
@@ -241,12 +256,14 @@ def _manifest(cfg: configlib.Config, workdir: str | Path,
                f"1..{cfg.data.window - 1} for dynamics_step"},
       "rollout": {
           "context_frames": r.context_frames, "horizon": r.horizon,
-          "window": cfg.data.window, "maskgit_steps": r.maskgit_steps,
+          "window": cfg.data.window, "dynamics_kind": cfg.dynamics.kind,
+          "steps_per_frame": options.steps, "mask_schedule": options.schedule,
+          "top_k": options.top_k,
           "temperature": r.temperature, "seed": r.seed,
           "key_impl": sampler.KEY_IMPL,
           "tokens_per_frame": build.num_tokens(cfg),
+          "codes_per_frame": _aval(_code_spec(cfg, tok)),
           "image_size": cfg.world.image_size,
-          "codebook_size": build.codebook_size(cfg),
           "num_actions": cfg.dynamics.num_actions},
       "compute_dtypes": {
           "tokenizer.encoder": jnp.dtype(tok.encoder.dtype).name,

@@ -21,70 +21,13 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
-from jaxworld import config as configlib
-from jaxworld.config import Config, MeshConfig
+from jaxworld import frame_metrics, media
 from jaxworld.data import pipeline
-from jaxworld.errors import JaxWorldError
-from jaxworld.eval import metrics
-from jaxworld.infer import latent_actions, media, sampler
-from jaxworld.models import build
-from jaxworld.parallel import mesh as meshlib
-from jaxworld.train import checkpoint
+from jaxworld.infer import latent_actions, sampler
+from jaxworld.runs import assemble
 
 log = logging.getLogger(__name__)
-
-
-def _restore(cfg: Config, stage: str, workdir: str | Path, step: int
-             ) -> nnx.Module:
-  """A trained model, on one device (rollouts are small)."""
-  graphdef, abstract = nnx.split(nnx.eval_shape(
-      lambda: build.for_stage(cfg, stage, 0)))
-  mesh = meshlib.make_mesh(MeshConfig(data=1), jax.devices()[:1])
-  shardings = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
-  state = checkpoint.restore_model(workdir, abstract, shardings, step)
-  log.info("loaded %s from %s (step %d)", stage, workdir, step)
-  return nnx.merge(graphdef, state)
-
-
-def load_world_model(workdir: str | Path, overrides: Sequence[str] = ()
-                     ) -> tuple[Config, nnx.Module, nnx.Module]:
-  """(config, dynamics, tokenizer) of a dynamics run, at its latest step
-  and the tokenizer step it was trained on; `rollout.*` overrides are
-  checked before anything is restored."""
-  cfg = _with_overrides(checkpoint.read_config(workdir), overrides)
-  if cfg.train.stage != "dynamics":
-    hint = (" (for a lam run, python bench/lam_report.py scores its latent "
-            "actions and writes a control GIF)" if cfg.train.stage == "lam"
-            else "")
-    raise JaxWorldError(
-        f"{workdir} is a {cfg.train.stage} run; rollout needs a dynamics run "
-        f"(`jaxworld train dynamics ... --workdir DIR`){hint}.")
-  steps = checkpoint.saved_steps(workdir)
-  if not steps:
-    raise JaxWorldError(f"{workdir} has no checkpoint yet; train it first.")
-  dynamics = _restore(cfg, "dynamics", workdir, steps[-1])
-  tokenizer = _restore(cfg, "tokenizer", cfg.dynamics.tokenizer_workdir,
-                       cfg.dynamics.tokenizer_step)
-  return cfg, dynamics, tokenizer
-
-
-def _with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
-  """A trained run's config with `rollout.*` settings changed (sampling
-  steps, temperature, ...); anything else is fixed by the run."""
-  bad = [o for o in overrides if not o.startswith("rollout.")]
-  if bad:
-    raise JaxWorldError(
-        f"Only rollout.* settings can change after training (the model is "
-        f"fixed by the run), not {', '.join(bad)}. Train a new run to change "
-        f"those.")
-  return configlib.from_dict(configlib.to_dict(cfg), overrides)
-
-
-def load_lam(cfg: Config) -> nnx.Module:
-  """The LAM a latent-action dynamics run was trained with (pinned step)."""
-  return _restore(cfg, "lam", cfg.dynamics.lam_workdir, cfg.dynamics.lam_step)
 
 
 def blank_frames(context_ETHWC: np.ndarray, horizon: int) -> np.ndarray:
@@ -99,9 +42,8 @@ def blank_frames(context_ETHWC: np.ndarray, horizon: int) -> np.ndarray:
   return out
 
 
-def rollout(cfg: Config, dynamics: nnx.Module, tokenizer: nnx.Module,
-            frames_ETHWC: np.ndarray, actions_ET: np.ndarray,
-            lam: nnx.Module | None = None) -> dict[str, np.ndarray]:
+def rollout(world: assemble.WorldModel, frames_ETHWC: np.ndarray,
+            actions_ET: np.ndarray) -> dict[str, np.ndarray]:
   """Imagined, reconstructed and copy-last frames (uint8) for the horizon.
 
   frames_ETHWC: uint8 [episodes, >= context + horizon, H, W, C];
@@ -110,21 +52,20 @@ def rollout(cfg: Config, dynamics: nnx.Module, tokenizer: nnx.Module,
   the true frames, as Genie evaluates: the score is then of the dynamics,
   given the actions that happened.
   """
+  cfg, tokenizer = world.cfg, world.tokenizer
   r, window = cfg.rollout, cfg.data.window
   c, h = r.context_frames, r.horizon
   frames_ETHWC = frames_ETHWC[:, :c + h]
-  if cfg.dynamics.actions == "latent":
-    if lam is None:
-      raise JaxWorldError("This dynamics run is conditioned on latent "
-                          "actions; pass its LAM (rollout.load_lam(cfg)).")
-    actions_ET = latent_actions.infer(lam, frames_ETHWC, window)
+  if world.lam is not None:
+    actions_ET = latent_actions.infer(world.lam, frames_ETHWC, window)
   # Per-frame programs shared with `jaxworld export`: an exported bundle
   # replays exactly these calls (examples/play_bundle.py).
   tokens_ETN = sampler.encode_frames(tokenizer, frames_ETHWC, window)
   imagined_ETN = sampler.rollout_tokens(
-      dynamics, tokens_ETN[:, :c], actions_ET[:, :c + h], h, window,
-      jax.random.key(r.seed, impl=sampler.KEY_IMPL), r.temperature,
-      sampler.steps_per_frame(cfg.dynamics.kind, r), r.mask_schedule, r.top_k)
+      cfg.dynamics.kind, world.dynamics, tokens_ETN[:, :c],
+      actions_ET[:, :c + h], h, window,
+      jax.random.key(r.seed, impl=sampler.KEY_IMPL),
+      sampler.options_for(cfg))
   decode = lambda t: np.asarray(
       sampler.decode_frames(tokenizer, t, window, start=c))
   return {"truth": frames_ETHWC[:, c:],
@@ -138,7 +79,7 @@ def score(frames: dict[str, np.ndarray]) -> dict[str, Any]:
   """Mean PSNR over episodes and horizon, and per step, for each predictor."""
   out: dict[str, Any] = {"per_step": {}}
   for name in ("model", "copy_last", "blank", "tokenizer"):
-    psnr_ET = metrics.psnr_per_frame(frames[name], frames["truth"])
+    psnr_ET = frame_metrics.psnr_per_frame(frames[name], frames["truth"])
     out[f"psnr_{name}"] = float(psnr_ET.mean())
     out["per_step"][f"psnr_{name}"] = [round(float(x), 3)
                                        for x in psnr_ET.mean(0)]
@@ -150,17 +91,16 @@ def run(workdir: str | Path, out: str | Path | None = None,
         data_path: str | None = None, num_episodes: int | None = None,
         overrides: Sequence[str] = ()) -> dict[str, Any]:
   """Rolls out held-out episodes; writes rollout.gif/.png/.json to `out`."""
-  cfg, dynamics, tokenizer = load_world_model(workdir, overrides)
+  world = assemble.load_world_model(workdir, overrides)
+  cfg = world.cfg
   n = num_episodes or cfg.rollout.num_episodes
-  episodes = pipeline.load_episodes(data_path or pipeline.eval_path(cfg.data), "eval", n)
-  lam = load_lam(cfg) if cfg.dynamics.actions == "latent" else None
-  frames = rollout(cfg, dynamics, tokenizer, episodes["frames"],
-                   episodes["actions"], lam)
+  episodes = pipeline.load_episodes(data_path or pipeline.eval_path(cfg.data),
+                                    "eval", n)
+  frames = rollout(world, episodes["frames"], episodes["actions"])
   result = {"episodes": n, "context_frames": cfg.rollout.context_frames,
             "horizon": cfg.rollout.horizon, "overrides": list(overrides),
             "dynamics_kind": cfg.dynamics.kind,
-            "steps_per_frame": sampler.steps_per_frame(cfg.dynamics.kind,
-                                                       cfg.rollout),
+            "steps_per_frame": sampler.options_for(cfg).steps,
             **score(frames)}
   out = Path(out or Path(workdir) / "rollout")
   out.mkdir(parents=True, exist_ok=True)

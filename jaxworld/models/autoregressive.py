@@ -1,74 +1,47 @@
 """Causal autoregressive dynamics: each token predicted from every earlier
 token in raster order (all of frames < t, then tokens < n of frame t) and the
-actions that led to its frame.
+action that led to its frame.
 
 The input at raster position (t, n) is the token *before* it (a learned
 begin token at (0, 0)) plus the embedding of the action taken after frame
-t-1, so the output at (t, n) predicts token (t, n). The backbone is the
-shared ST transformer with `token_causal=True`; sampling runs it one token
-at a time over a KV cache (`prefill` the history, then `decode_token`).
+t-1, so the output at (t, n) predicts token (t, n). Training is teacher
+forced (`loss`); imagining a frame fills a KV cache with the history in one
+pass, then draws the frame's tokens one at a time (`next_frame`).
 
-Dimension keys: B batch, T time, N tokens per frame, V codebook size, A
-actions, D width.
+Dimension keys: B batch, T time, N tokens per frame, V codebook size, D
+width.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
-from jaxworld.models.layers import (Dense, action_into_frame, make_param,
-                                     padded_rows)
-from jaxworld.models.st_transformer import STTransformer
-from jaxworld.parallel import axes
+from jaxworld.config import Config
+from jaxworld.models import build
+from jaxworld.models.sampling import SampleOptions, sample_tokens
+from jaxworld.models.maskgit import TokenDynamics
 
 
-class ARDynamics(nnx.Module):
+class ARDynamics(TokenDynamics):
   """tokens [B, T, N] + actions [B, T] -> logits [B, T, N, V]."""
-
-  def __init__(self, rngs: nnx.Rngs, *, codebook_size: int, num_actions: int,
-               num_tokens: int, max_frames: int, backbone: dict[str, Any]):
-    width = backbone["width"]
-    self.codebook_size = codebook_size
-    self.begin_token = codebook_size  # one extra embedding row
-    self.no_action = num_actions
-    init = jax.nn.initializers.normal(0.02)
-    rows = padded_rows(codebook_size + 1)
-    self.token_embed_VD = make_param(rngs, init, (rows, width),
-                                     (axes.VOCAB, axes.EMBED))
-    self.action_embed_AD = make_param(rngs, init, (num_actions + 1, width),
-                                      (axes.ACTION, axes.EMBED))
-    self.backbone = STTransformer(rngs, num_tokens=num_tokens,
-                                  max_frames=max_frames, token_causal=True,
-                                  **backbone)
-    self.head = Dense(rngs, (width,), (rows,), "...D,DV->...V",
-                      (axes.EMBED, axes.VOCAB))
-
-  def _action_in(self, actions_BT: jax.Array) -> jax.Array:
-    """[B, T, D]: the action leading into each frame (frame 0: none)."""
-    return self.action_embed_AD[...][action_into_frame(actions_BT,
-                                                       self.no_action)]
 
   def _inputs(self, tokens_BTN: jax.Array, actions_BT: jax.Array
               ) -> jax.Array:
     b, t, n = tokens_BTN.shape
     flat_BL = tokens_BTN.reshape(b, t * n)
     shifted_BL = jnp.concatenate(
-        [jnp.full_like(flat_BL[:, :1], self.begin_token), flat_BL[:, :-1]], 1)
-    x_BTND = self.token_embed_VD[...][shifted_BL.reshape(b, t, n)]
-    return x_BTND + self._action_in(actions_BT)[:, :, None]
-
-  def _logits(self, y: jax.Array) -> jax.Array:
-    return self.head(y)[..., :self.codebook_size].astype(jnp.float32)
+        [jnp.full_like(flat_BL[:, :1], self.special_token), flat_BL[:, :-1]],
+        1)
+    return self.embed(shifted_BL.reshape(b, t, n), actions_BT)
 
   def __call__(self, tokens_BTN: jax.Array, actions_BT: jax.Array
                ) -> jax.Array:
     """Teacher-forced logits; actions[:, t] is the action taken after frame
     t (the last is unused)."""
-    return self._logits(self.backbone(self._inputs(tokens_BTN, actions_BT)))
+    return self.logits(self.backbone(self._inputs(tokens_BTN, actions_BT)))
 
   def prefill(self, history_BTN: jax.Array, actions_BT: jax.Array,
               capacity: int) -> dict[str, jax.Array]:
@@ -83,7 +56,68 @@ class ARDynamics(nnx.Module):
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Logits [B, V] of token (t, n) given the token before it in raster
     order and the action taken after frame t-1."""
-    x_BD = (self.token_embed_VD[...][prev_token_B]
-            + self.action_embed_AD[...][action_B])
+    x_BD = self.token_embed(prev_token_B) + self.action_embed(action_B)
     y_BD, cache = self.backbone.decode(x_BD, cache, t, n)
-    return self._logits(y_BD), cache
+    return self.logits(y_BD), cache
+
+
+def build_model(cfg: Config, rngs: nnx.Rngs) -> ARDynamics:
+  return ARDynamics(rngs, codebook_size=build.codebook_size(cfg),
+                    token_causal=True, **build.dynamics_sizes(cfg))
+
+
+def loss(model: ARDynamics, batch: build.Batch, rng: jax.Array
+         ) -> tuple[jax.Array, build.Metrics]:
+  """Teacher-forced next-token cross-entropy over the tokens of frames >= 1
+  (frame 0 has no action leading into it; a rollout always starts from real
+  context)."""
+  del rng
+  tokens_BTN = batch["tokens"]
+  logits_BTNV = model(tokens_BTN, batch["actions"])[:, 1:]
+  targets_BTN = tokens_BTN[:, 1:]
+  ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits_BTNV, targets_BTN))
+  accuracy = jnp.mean(
+      (jnp.argmax(logits_BTNV, -1) == targets_BTN).astype(jnp.float32))
+  return ce, {"token_accuracy": accuracy}
+
+
+def sample_frame(model: ARDynamics, history_BTN: jax.Array,
+                 actions_BT: jax.Array, rng: jax.Array,
+                 options: SampleOptions) -> tuple[jax.Array, jax.Array]:
+  """(tokens [B, N], their logits [B, N, V]) of frame T after T history
+  frames, one token at a time over a KV cache.
+
+  `actions_BT[:, t]` is the action taken after history frame t; the last
+  leads into the new frame. Traceable; call it under jit.
+  """
+  b, t, n = history_BTN.shape
+  cache = model.prefill(history_BTN, actions_BT, capacity=t + 1)
+  action_in_B = actions_BT[:, -1]
+  # Split outside the scan, merged inside, so no nnx object crosses traces.
+  graphdef, state = nnx.split(model)
+
+  def one_token(carry, i):
+    prev_B, cache, rng = carry
+    logits_BV, cache = nnx.merge(graphdef, state).decode_token(
+        prev_B, action_in_B, cache, t, i)
+    rng, key = jax.random.split(rng)
+    token_B = sample_tokens(key, logits_BV, options.temperature,
+                            options.top_k)
+    return (token_B, cache, rng), (token_B, logits_BV)
+
+  _, (tokens_NB, logits_NBV) = jax.lax.scan(
+      one_token, (history_BTN[:, -1, -1], cache, rng), jnp.arange(n))
+  return tokens_NB.T, logits_NBV.transpose(1, 0, 2)
+
+
+def next_frame(model: ARDynamics, history_BTN: jax.Array,
+               actions_BT: jax.Array, rng: jax.Array, options: SampleOptions
+               ) -> jax.Array:
+  """Tokens [B, N] of frame T after T history frames."""
+  return sample_frame(model, history_BTN, actions_BT, rng, options)[0]
+
+
+KIND = build.register("dynamics", build.DynamicsKind(
+    "autoregressive", build_model, loss, next_frame=next_frame,
+    tokenizer="fsq"))

@@ -1,26 +1,148 @@
-"""Models from config: the one place config sections become constructors."""
+"""The registry of model kinds: the one place config sections become models.
+
+Every tokenizer kind, dynamics kind and the LAM is one module that builds its
+model from the config, defines its loss and (dynamics) how it imagines the
+next frame, and registers itself here. The trainer, rollout, eval and export
+look a kind up by its config name (`tokenizer.kind`, `dynamics.kind`); none
+of them branches on a kind. A kind name with a dot is a module path
+("mylab.kinds.regressor"): it is imported on first use and must register
+itself under that name, so a researcher's variant is one file plus one
+config (docs/extending.md).
+
+The contract (shapes: B batch, T time, N tokens per frame, E latent width):
+
+  build(cfg, rngs) -> nnx.Module
+      the model, from its config section.
+  loss(model, batch, rng) -> (scalar loss, metrics dict)
+      differentiated by the trainer. A tokenizer or LAM batch holds uint8
+      `frames` [B, T, H, W, C] and int32 `actions` [B, T]; a dynamics batch
+      holds the frozen tokenizer's `tokens` ([B, T, N] int32, or latents
+      [B, T, N, E] of a continuous tokenizer) and the `actions` [B, T]
+      (actions[:, t] is taken after frame t).
+  next_frame(model, history, actions_BT, rng, options) -> tokens of frame T
+      (dynamics) one imagined frame after T history frames; traceable.
+      `options` is a `sampling.SampleOptions`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
-from jaxworld.config import BackboneConfig, Config
-from jaxworld.models.autoregressive import ARDynamics
-from jaxworld.models.diffusion import DiffusionDynamics
-from jaxworld.models.dynamics import MaskGITDynamics
-from jaxworld.models.lam import LatentActionModel
-from jaxworld.models.tokenizer import VideoTokenizer
+from jaxworld.config import BackboneConfig, Config, RolloutConfig
+from jaxworld.errors import JaxWorldError
 
-# dynamics.kind -> model class.
-DYNAMICS = {"maskgit": MaskGITDynamics, "autoregressive": ARDynamics,
-            "diffusion": DiffusionDynamics}
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
+
+# Modules holding the built-in kinds; each registers itself when imported.
+BUILTIN_MODULES = ("jaxworld.models.tokenizer", "jaxworld.models.lam",
+                   "jaxworld.models.maskgit", "jaxworld.models.autoregressive",
+                   "jaxworld.models.diffusion")
 
 
-def _backbone(b: BackboneConfig) -> dict:
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+  """A trainable model: a tokenizer kind or the LAM."""
+  name: str
+  build: Callable[[Config, nnx.Rngs], nnx.Module]
+  loss: LossFn
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicsKind(ModelKind):
+  """A dynamics model: also imagines frames, on one tokenizer kind's codes."""
+  next_frame: Callable[..., jax.Array] = None  # type: ignore[assignment]
+  tokenizer: str = "fsq"  # the tokenizer kind whose codes it models
+  # Model passes per imagined frame, from the rollout settings (0: the kind
+  # has no such setting, so changing another kind's does not recompile it).
+  steps_per_frame: Callable[[RolloutConfig], int] = lambda r: 0
+
+
+_KINDS: dict[str, dict[str, ModelKind]] = {
+    "tokenizer": {}, "dynamics": {}, "lam": {}}
+
+
+def register(stage: str, kind: ModelKind) -> ModelKind:
+  """Adds (or replaces) a kind of `stage` (tokenizer, dynamics or lam)."""
+  if stage == "dynamics" and not isinstance(kind, DynamicsKind):
+    raise TypeError(f"dynamics kind {kind.name!r} must be a DynamicsKind")
+  _KINDS[stage][kind.name] = kind
+  return kind
+
+
+def kind(stage: str, name: str) -> ModelKind:
+  """The registered kind `name` of `stage`, importing it if it is a module
+  path; a clear error naming the known kinds otherwise."""
+  for module in BUILTIN_MODULES:
+    importlib.import_module(module)
+  if name not in _KINDS[stage] and "." in name:
+    _import_kind_module(stage, name)
+  if name not in _KINDS[stage]:
+    known = ", ".join(sorted(_KINDS[stage]))
+    raise JaxWorldError(
+        f"{stage}.kind={name!r} is not a registered {stage} kind; use one of "
+        f"{known}, or a module path whose module calls "
+        f"jaxworld.models.build.register({stage!r}, ...) with that name.")
+  return _KINDS[stage][name]
+
+
+def _import_kind_module(stage: str, name: str) -> None:
+  """Imports a researcher's kind module, also relative to the working
+  directory (as `python -m` would), so `jaxworld train` finds a file of the
+  project it runs in."""
+  if os.getcwd() not in sys.path:
+    sys.path.append(os.getcwd())
+  try:
+    importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    raise JaxWorldError(
+        f"{stage}.kind={name!r} names a module that cannot be imported "
+        f"({e}). Run from the directory that holds it, put that directory "
+        f"on PYTHONPATH, or install it.") from e
+
+
+def stage_kind(cfg: Config, stage: str) -> ModelKind:
+  """The kind `cfg` trains at `stage`."""
+  name = {"tokenizer": cfg.tokenizer.kind, "dynamics": cfg.dynamics.kind,
+          "lam": "lam"}[stage]
+  return kind(stage, name)
+
+
+def dynamics_kind(cfg: Config) -> DynamicsKind:
+  return stage_kind(cfg, "dynamics")  # type: ignore[return-value]
+
+
+def for_stage(cfg: Config, stage: str, seed: int) -> nnx.Module:
+  return stage_kind(cfg, stage).build(cfg, nnx.Rngs(params=seed))
+
+
+def tokenizer(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
+  return stage_kind(cfg, "tokenizer").build(cfg, rngs)
+
+
+def dynamics(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
+  return stage_kind(cfg, "dynamics").build(cfg, rngs)
+
+
+def lam(cfg: Config, rngs: nnx.Rngs) -> nnx.Module:
+  return stage_kind(cfg, "lam").build(cfg, rngs)
+
+
+# ------------------------------------------ what the kinds' builders share
+
+
+def backbone(b: BackboneConfig) -> dict[str, Any]:
+  """STTransformer keyword arguments of a backbone section."""
   kwargs = dataclasses.asdict(b)
   if kwargs["dtype"] == "auto":
     # bf16 matmuls on accelerators; CPUs have no fast bf16 path.
@@ -34,19 +156,8 @@ def num_tokens(cfg: Config) -> int:
 
 
 def codebook_size(cfg: Config) -> int:
-  """Token vocabulary V of the tokenizer."""
+  """Token vocabulary V of the (FSQ) tokenizer."""
   return int(np.prod(cfg.tokenizer.fsq_levels))
-
-
-def tokenizer(cfg: Config, rngs: nnx.Rngs) -> VideoTokenizer:
-  t = cfg.tokenizer
-  return VideoTokenizer(rngs, image_size=cfg.world.image_size,
-                        patch_size=t.patch_size, fsq_levels=t.fsq_levels,
-                        max_frames=cfg.data.window,
-                        encoder=_backbone(t.encoder),
-                        decoder=_backbone(t.decoder),
-                        latent_dim=(t.latent_dim if t.kind == "continuous"
-                                    else 0))
 
 
 def num_actions(cfg: Config) -> int:
@@ -58,40 +169,31 @@ def num_actions(cfg: Config) -> int:
 
 
 def num_latent_actions(cfg: Config) -> int:
-  """The LAM's codebook size K."""
+  """The LAM's codebook size: its number of latent actions."""
   return int(np.prod(cfg.lam.fsq_levels))
 
 
-def dynamics(cfg: Config, rngs: nnx.Rngs
-             ) -> MaskGITDynamics | ARDynamics | DiffusionDynamics:
-  d = cfg.dynamics
-  common = dict(num_actions=num_actions(cfg), num_tokens=num_tokens(cfg),
-                max_frames=cfg.data.window, backbone=_backbone(d.backbone))
-  if d.kind == "diffusion":  # predicts continuous latents, not tokens
-    return DiffusionDynamics(rngs, latent_dim=cfg.tokenizer.latent_dim,
-                             **common)
-  return DYNAMICS[d.kind](rngs, codebook_size=codebook_size(cfg), **common)
+def frame_model_sizes(cfg: Config, section: Any) -> dict[str, Any]:
+  """Constructor arguments of a model over frames (the tokenizer, the LAM)
+  from its config section (patch size, FSQ levels, encoder, decoder)."""
+  return dict(image_size=cfg.world.image_size, patch_size=section.patch_size,
+              fsq_levels=section.fsq_levels, max_frames=cfg.data.window,
+              encoder=backbone(section.encoder),
+              decoder=backbone(section.decoder))
 
 
-def lam(cfg: Config, rngs: nnx.Rngs) -> LatentActionModel:
-  m = cfg.lam
-  return LatentActionModel(rngs, image_size=cfg.world.image_size,
-                           patch_size=m.patch_size, fsq_levels=m.fsq_levels,
-                           max_frames=cfg.data.window,
-                           encoder=_backbone(m.encoder),
-                           decoder=_backbone(m.decoder))
+def dynamics_sizes(cfg: Config) -> dict[str, Any]:
+  """Constructor arguments every dynamics kind takes."""
+  return dict(num_actions=num_actions(cfg), num_tokens=num_tokens(cfg),
+              max_frames=cfg.data.window,
+              backbone=backbone(cfg.dynamics.backbone))
 
 
 class FrozenModels(nnx.Module):
   """The trained models a dynamics run with latent actions reads."""
 
-  def __init__(self, tokenizer: VideoTokenizer, lam: LatentActionModel):
+  def __init__(self, tokenizer: nnx.Module, lam: nnx.Module):
     self.tokenizer, self.lam = tokenizer, lam
-
-
-def for_stage(cfg: Config, stage: str, seed: int) -> nnx.Module:
-  build = {"tokenizer": tokenizer, "dynamics": dynamics, "lam": lam}[stage]
-  return build(cfg, nnx.Rngs(params=seed))
 
 
 def count_params(state: nnx.State) -> int:

@@ -7,7 +7,7 @@ z_s = (1 - s) z_0 + s eps (rectified flow), and the model predicts the clean
 latents of every frame from the noisy ones, the levels and the actions that
 led to each frame. Temporal attention is causal, so frame t sees only frames
 <= t: in a rollout the history is clean (s = 0) and the new frame is
-denoised from pure noise (s = 1) in a few steps (`sample_next_frame`).
+denoised from pure noise (s = 1) in a few steps (`next_frame`).
 
 Dimension keys: B batch, T time, N tokens per frame, E latent width, D model
 width, F Fourier features of the noise level, A actions.
@@ -22,9 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxworld.models.layers import Dense, action_into_frame, make_param
-from jaxworld.models.st_transformer import STTransformer
-from jaxworld.parallel import axes
+from jaxworld.config import Config
+from jaxworld.models import build
+from jaxworld.models.sampling import SampleOptions
+from jaxworld.models.st_transformer import (STTransformer, action_into_frame,
+                                            dense, embedding)
 
 _LEVEL_FEATURES = 16  # sin/cos pairs: frequencies 1..2^7 of the level
 
@@ -38,17 +40,12 @@ class DiffusionDynamics(nnx.Module):
     width = backbone["width"]
     self.latent_dim = latent_dim
     self.no_action = num_actions  # one extra embedding row
-    self.latent_in = Dense(rngs, (latent_dim,), (width,), "BTNE,ED->BTND",
-                           (axes.LATENT, axes.EMBED))
-    self.level_in = Dense(rngs, (_LEVEL_FEATURES,), (width,), "BTF,FD->BTD",
-                          (None, axes.EMBED))
-    self.action_embed_AD = make_param(rngs, jax.nn.initializers.normal(0.02),
-                                      (num_actions + 1, width),
-                                      (axes.ACTION, axes.EMBED))
+    self.latent_in = dense(rngs, "BTNE,ED->BTND", E=latent_dim, D=width)
+    self.level_in = dense(rngs, "BTS,SD->BTD", S=_LEVEL_FEATURES, D=width)
+    self.action_embed = embedding(rngs, num_actions + 1, width, "A")
     self.backbone = STTransformer(rngs, num_tokens=num_tokens,
                                   max_frames=max_frames, **backbone)
-    self.head = Dense(rngs, (width,), (latent_dim,), "BTND,DE->BTNE",
-                      (axes.EMBED, axes.LATENT),
+    self.head = dense(rngs, "BTND,DE->BTNE", D=width, E=latent_dim,
                       init=jax.nn.initializers.zeros)
 
   def __call__(self, noisy_BTNE: jax.Array, level_BT: jax.Array,
@@ -59,7 +56,7 @@ class DiffusionDynamics(nnx.Module):
     level_BTD = self.level_in(jnp.concatenate(
         [jnp.sin(angle_BTF), jnp.cos(angle_BTF)], -1))
     prev_actions_BT = action_into_frame(actions_BT, self.no_action)
-    cond_BTD = level_BTD + self.action_embed_AD[...][prev_actions_BT]
+    cond_BTD = level_BTD + self.action_embed(prev_actions_BT)
     x_BTND = self.latent_in(noisy_BTNE) + cond_BTD[:, :, None]
     out_BTNE = self.head(self.backbone(x_BTND)).astype(jnp.float32)
     # Skip connection weighted by how much signal the input still holds: at
@@ -67,12 +64,18 @@ class DiffusionDynamics(nnx.Module):
     return (1.0 - level_BT)[..., None, None] * noisy_BTNE + out_BTNE
 
 
-def loss(model: DiffusionDynamics, latents_BTNE: jax.Array,
-         actions_BT: jax.Array, rng: jax.Array
-         ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Diffusion forcing: an independent noise level per frame, MSE of the
-  predicted clean latents. Also reports the error on the frames that were
-  nearly pure noise (level > 0.9), the regime a rollout's first step is in."""
+def build_model(cfg: Config, rngs: nnx.Rngs) -> DiffusionDynamics:
+  return DiffusionDynamics(rngs, latent_dim=cfg.tokenizer.latent_dim,
+                           **build.dynamics_sizes(cfg))
+
+
+def loss(model: DiffusionDynamics, batch: build.Batch, rng: jax.Array
+         ) -> tuple[jax.Array, build.Metrics]:
+  """Diffusion forcing on the tokenizer's latents: an independent noise
+  level per frame, MSE of the predicted clean latents. Also reports the
+  error on the frames that were nearly pure noise (level > 0.9), the regime
+  a rollout's first step is in."""
+  latents_BTNE, actions_BT = batch["tokens"], batch["actions"]
   b, t = latents_BTNE.shape[:2]
   k_level, k_noise = jax.random.split(rng)
   level_BT = jax.random.uniform(k_level, (b, t))
@@ -93,10 +96,11 @@ def noise_levels(steps: int) -> np.ndarray:
   return np.linspace(1.0, 0.0, steps + 1, dtype=np.float32)
 
 
-def sample_next_frame(model: DiffusionDynamics, history_BTNE: jax.Array,
-                      actions_BT: jax.Array, rng: jax.Array, steps: int
-                      ) -> jax.Array:
-  """Latents [B, N, E] of frame T after T clean history frames.
+def next_frame(model: DiffusionDynamics, history_BTNE: jax.Array,
+               actions_BT: jax.Array, rng: jax.Array, options: SampleOptions
+               ) -> jax.Array:
+  """Latents [B, N, E] of frame T after T clean history frames, denoised
+  from Gaussian noise drawn with `rng` in `options.steps` steps.
 
   `actions_BT[:, t]` is the action taken after history frame t, the last one
   leading into the new frame. Deterministic DDIM-style steps on the straight
@@ -107,7 +111,7 @@ def sample_next_frame(model: DiffusionDynamics, history_BTNE: jax.Array,
   actions_BT = jnp.concatenate([actions_BT, jnp.zeros_like(actions_BT[:, :1])],
                                1)
   z_BNE = jax.random.normal(rng, (b, n, e), jnp.float32)
-  levels = noise_levels(steps)
+  levels = noise_levels(options.steps)
   for s, s_next in zip(levels[:-1], levels[1:]):
     frames_BTNE = jnp.concatenate([history_BTNE, z_BNE[:, None]], 1)
     level_BT = jnp.concatenate(
@@ -116,3 +120,8 @@ def sample_next_frame(model: DiffusionDynamics, history_BTNE: jax.Array,
     noise_BNE = (z_BNE - (1.0 - s) * clean_BNE) / s
     z_BNE = (1.0 - s_next) * clean_BNE + s_next * noise_BNE
   return z_BNE
+
+
+KIND = build.register("dynamics", build.DynamicsKind(
+    "diffusion", build_model, loss, next_frame=next_frame,
+    tokenizer="continuous", steps_per_frame=lambda r: r.diffusion_steps))

@@ -4,10 +4,10 @@ learned from video alone (Genie).
 Encoder: frames -> patches -> causal ST encoder; the output of frame t+1
 (which sees frames <= t+1) is pooled over its tokens (mean and max: the agent
 covers a few of 64 patches, which a mean alone dilutes) and projected to a
-few channels z_t, quantised by FSQ to one of K = prod(levels) codes: latent
+few channels z_t, quantised by FSQ to one of A = prod(levels) codes: latent
 action a_t. Decoder: the causal ST decoder reads the patches of frames <= t
 plus the code of a_t on frame t and predicts frame t+1's pixels. The
-bottleneck (log2 K bits per transition) leaves room only for what the past
+bottleneck (log2 A bits per transition) leaves room only for what the past
 frames cannot predict: on the embedded world, mostly the agent's move.
 
 FSQ rather than a learned codebook: a cosine-similarity VQ with codebook,
@@ -17,7 +17,7 @@ no codebook to collapse.
 
 Dimension keys: B batch, T time, Tm1 = T-1 transitions, H/W/C frame
 height/width/channels, N tokens per frame, P pixels per patch, D width,
-E code width (one channel per FSQ level), K codebook size.
+E code width (one channel per FSQ level), A latent actions.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxworld.models.layers import Dense
-from jaxworld.models.quantizer import FSQ
-from jaxworld.models.st_transformer import STTransformer
-from jaxworld.models.tokenizer import patchify, unpatchify
-from jaxworld.parallel import axes
+from jaxworld.config import Config
+from jaxworld.models import build
+from jaxworld.models.st_transformer import STTransformer, dense
+from jaxworld.models.tokenizer import (FSQ, patchify, psnr_from_mse,
+                                       to_unit_float, unpatchify)
 
 
 class LatentActionModel(nnx.Module):
@@ -50,20 +50,16 @@ class LatentActionModel(nnx.Module):
     self.quantizer = FSQ(fsq_levels)
     code_dim = self.quantizer.dim
     # The encoder reads each frame and its change from the previous one.
-    self.enc_patch_in = Dense(rngs, (2 * patch_dim,), (enc_w,),
-                              "BTNP,PD->BTND", (axes.PATCH, axes.EMBED))
+    self.enc_patch_in = dense(rngs, "BTNP,PD->BTND", P=2 * patch_dim,
+                              D=enc_w)
     self.encoder = STTransformer(rngs, num_tokens=num_tokens,
                                  max_frames=max_frames, **encoder)
-    self.to_code = Dense(rngs, (2 * enc_w,), (code_dim,), "BTD,DE->BTE",
-                         (axes.EMBED, axes.LATENT))
-    self.dec_patch_in = Dense(rngs, (patch_dim,), (dec_w,), "BTNP,PD->BTND",
-                              (axes.PATCH, axes.EMBED))
-    self.from_code = Dense(rngs, (code_dim,), (dec_w,), "BTE,ED->BTD",
-                           (axes.LATENT, axes.EMBED))
+    self.to_code = dense(rngs, "BTD,DE->BTE", D=2 * enc_w, E=code_dim)
+    self.dec_patch_in = dense(rngs, "BTNP,PD->BTND", P=patch_dim, D=dec_w)
+    self.from_code = dense(rngs, "BTE,ED->BTD", D=dec_w, E=code_dim)
     self.decoder = STTransformer(rngs, num_tokens=num_tokens,
                                  max_frames=max_frames, **decoder)
-    self.patch_out = Dense(rngs, (dec_w,), (patch_dim,), "BTND,DP->BTNP",
-                           (axes.EMBED, axes.PATCH))
+    self.patch_out = dense(rngs, "BTND,DP->BTNP", P=patch_dim, D=dec_w)
 
   def latents(self, frames_BTHWC: jax.Array) -> jax.Array:
     """Code vectors [B, T-1, E] of the T-1 transitions, before FSQ."""
@@ -98,7 +94,7 @@ class LatentActionModel(nnx.Module):
                                      self.image_size, self.image_size)
 
   def actions(self, frames_BTHWC: jax.Array) -> jax.Array:
-    """Latent actions [B, T-1]: int in [0, K) for each transition."""
+    """Latent actions [B, T-1]: int in [0, A) for each transition."""
     _, actions_BTm1, _ = self.quantizer(self.latents(frames_BTHWC))
     return actions_BTm1
 
@@ -107,3 +103,21 @@ class LatentActionModel(nnx.Module):
     """(predicted frames 1..T-1, latent actions [B, T-1], FSQ metrics)."""
     zq_BTm1E, actions_BTm1, aux = self.quantizer(self.latents(frames_BTHWC))
     return self.predict(frames_BTHWC, zq_BTm1E), actions_BTm1, aux
+
+
+def build_model(cfg: Config, rngs: nnx.Rngs) -> LatentActionModel:
+  return LatentActionModel(rngs, **build.frame_model_sizes(cfg, cfg.lam))
+
+
+def loss(model: LatentActionModel, batch: build.Batch, rng: jax.Array
+         ) -> tuple[jax.Array, build.Metrics]:
+  """Next-frame pixel MSE through the latent-action bottleneck (FSQ: no
+  codebook losses)."""
+  del rng
+  frames_BTHWC = to_unit_float(batch["frames"])
+  pred_BTm1HWC, _, aux = model(frames_BTHWC)
+  mse = jnp.mean((pred_BTm1HWC - frames_BTHWC[:, 1:]) ** 2)
+  return mse, {"mse": mse, "psnr": psnr_from_mse(mse), **aux}
+
+
+KIND = build.register("lam", build.ModelKind("lam", build_model, loss))

@@ -10,19 +10,176 @@ by token), causally: output (t, n) then depends only on inputs at raster
 positions <= (t, n), and `prefill` / `decode` run it one token at a time with
 a KV cache.
 
-Dimension keys: B batch, T time, N tokens per frame, D width, L = T*N raster
-positions, H heads, K per-head width.
+The layers everything is built from are here too: `dense` (an `nnx.Einsum`
+whose weight's shape and logical sharding names come from its einsum
+letters, `axes.WEIGHT_LETTERS`), `embedding`, `RMSNorm`, `Attention`, `MLP`.
+
+Dimension keys: B batch, T time, N tokens per frame, D width, F MLP hidden
+width, L sequence (L = T*N raster positions in a token-causal block), S keys
+attended to, M attention heads (H is a frame's height), K per-head width, V
+vocabulary, A actions.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxworld.models.layers import MLP, Attention, RMSNorm, make_param
 from jaxworld.parallel import axes
 from jaxworld.parallel.activations import constrain
+
+# ---------------------------------------------------------------- layers
+
+Initializer = Callable[..., jax.Array]
+
+
+def make_param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int],
+               names: Sequence[str | None]) -> nnx.Param:
+  """A float32 parameter tagged with its logical axis names.
+
+  Sharding is applied by the trainer (jit out_shardings from the rules), not
+  eagerly here, so models can be built abstractly and on any mesh.
+  """
+  assert len(shape) == len(names), (shape, names)
+  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32),
+                   out_sharding=tuple(names), eager_sharding=False)
+
+
+def dense(rngs: nnx.Rngs, spec: str, *, dtype: jnp.dtype = jnp.float32,
+          use_bias: bool = True, init: Initializer | None = None,
+          **sizes: int) -> nnx.Einsum:
+  """A learned linear map, `nnx.Einsum(spec)`, whose weight's shape and
+  logical sharding names both come from its letters in `spec`.
+
+  E.g. `dense(rngs, "BLD,DMK->BLMK", D=512, M=8, K=64)`: a [D, M, K] kernel
+  named (embed, heads, kv) (`axes.WEIGHT_LETTERS`) and an [M, K] bias. The
+  weight's letters shared with the input are contracted (its fan-in) and
+  come first. Parameters are float32; `dtype` is the compute dtype.
+  """
+  lhs, rhs_out = spec.split(",")
+  rhs = rhs_out.split("->")[0]
+  fan_in_axes = tuple(i for i, c in enumerate(rhs) if c in lhs)
+  if fan_in_axes != tuple(range(len(fan_in_axes))) or set(rhs) - set(sizes):
+    raise ValueError(f"dense({spec!r}): the weight's contracted letters must "
+                     f"come first and every letter needs a size; got {sizes}")
+  out_letters = rhs[len(fan_in_axes):]
+  init = init or jax.nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=fan_in_axes,
+      out_axis=tuple(range(len(fan_in_axes), len(rhs))))
+  return nnx.Einsum(
+      spec, tuple(sizes[c] for c in rhs),
+      tuple(sizes[c] for c in out_letters) if use_bias else None,
+      dtype=dtype, param_dtype=jnp.float32, kernel_init=init,
+      bias_init=jax.nn.initializers.zeros, rngs=rngs,
+      kernel_metadata=_sharding_metadata(rhs),
+      bias_metadata=_sharding_metadata(out_letters))
+
+
+def _sharding_metadata(letters: str) -> dict[str, object]:
+  # Sharding is applied by the trainer (jit out_shardings from the rules),
+  # not eagerly here, so models can be built abstractly and on any mesh.
+  return {"out_sharding": tuple(axes.WEIGHT_LETTERS[c] for c in letters),
+          "eager_sharding": False}
+
+
+def embedding(rngs: nnx.Rngs, rows: int, width: int, letter: str
+              ) -> nnx.Embed:
+  """A [rows, D] lookup table whose rows are dimension `letter` (e.g. "V"
+  tokens, "A" actions), init N(0, 0.02)."""
+  return nnx.Embed(rows, width, param_dtype=jnp.float32,
+                   embedding_init=jax.nn.initializers.normal(0.02), rngs=rngs,
+                   embedding_metadata=_sharding_metadata(letter + "D"))
+
+
+class RMSNorm(nnx.Module):
+  """RMS normalisation over the last axis, computed in float32.
+
+  Not `nnx.RMSNorm`: that one multiplies the scale into rsqrt(ms) before x,
+  which rounds differently from (x * rsqrt(ms)) * scale and so would change
+  every trained number; the parameter (`scale`) and metadata are the same.
+  """
+
+  def __init__(self, rngs: nnx.Rngs, dim: int, name: str, eps: float = 1e-6):
+    self.scale = make_param(rngs, jax.nn.initializers.ones, (dim,), (name,))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+    scale = self.scale[...].reshape((1,) * (x.ndim - 1) + (-1,))
+    return (x32 * scale).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with QK-norm over [B, L, D] inputs.
+
+  Uses `jax.nn.dot_product_attention`, which dispatches to cuDNN flash
+  attention on GPUs and a fused XLA kernel elsewhere.
+  """
+
+  def __init__(self, rngs: nnx.Rngs, width: int, num_heads: int,
+               dtype: jnp.dtype):
+    head_dim = width // num_heads
+    sizes = dict(D=width, M=num_heads, K=head_dim)
+    self.q, self.k, self.v = (
+        dense(rngs, "BLD,DMK->BLMK", use_bias=False, dtype=dtype, **sizes)
+        for _ in range(3))
+    self.out = dense(rngs, "BLMK,MKD->BLD", dtype=dtype, **sizes)
+    # QK-norm keeps attention logits bounded, which lets us train at higher
+    # learning rates without loss spikes.
+    self.q_norm = RMSNorm(rngs, head_dim, axes.KV)
+    self.k_norm = RMSNorm(rngs, head_dim, axes.KV)
+
+  def qkv(self, x_BLD: jax.Array
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Normalised queries, keys and values [B, L, M, K]."""
+    return (self.q_norm(self.q(x_BLD)), self.k_norm(self.k(x_BLD)),
+            self.v(x_BLD))
+
+  def attend(self, q_BLMK: jax.Array, k_BSMK: jax.Array, v_BSMK: jax.Array,
+             is_causal: bool = False, mask_S: jax.Array | None = None
+             ) -> jax.Array:
+    """Output [B, L, D] of queries over S keys; `mask_S` (bool [S]) hides
+    keys, e.g. the unfilled slots of a KV cache."""
+    mask = None if mask_S is None else mask_S[None, None, None, :]
+    o_BLMK = jax.nn.dot_product_attention(q_BLMK, k_BSMK, v_BSMK, mask=mask,
+                                          is_causal=is_causal)
+    return self.out(o_BLMK)
+
+  def __call__(self, x_BLD: jax.Array, is_causal: bool) -> jax.Array:
+    return self.attend(*self.qkv(x_BLD), is_causal=is_causal)
+
+
+class MLP(nnx.Module):
+  """Two-layer GELU MLP."""
+
+  def __init__(self, rngs: nnx.Rngs, width: int, hidden: int,
+               dtype: jnp.dtype):
+    self.up = dense(rngs, "...D,DF->...F", D=width, F=hidden, dtype=dtype)
+    self.down = dense(rngs, "...F,FD->...D", D=width, F=hidden, dtype=dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down(jax.nn.gelu(self.up(x)))
+
+
+def padded_rows(size: int) -> int:
+  """Rows of a vocab table holding `size` entries, padded to a multiple of
+  128 so the vocab axis splits evenly over any tensor-parallel size <= 128."""
+  return -(-size // 128) * 128
+
+
+def action_into_frame(actions_BT: jax.Array, no_action: int) -> jax.Array:
+  """[B, T]: the action leading into each frame, from actions[:, t] taken
+  after frame t; frame 0 gets `no_action`."""
+  return jnp.concatenate(
+      [jnp.full_like(actions_BT[:, :1], no_action), actions_BT[:, :-1]], 1)
+
+
+# ------------------------------------------------------------ the backbone
+
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -77,11 +234,11 @@ class STBlock(nnx.Module):
     x_BTND = x_BTND + self.mlp(self.mlp_norm(x_BTND))
     if not return_kv:
       return x_BTND
-    to_BTNHK = lambda a: a.reshape(b, n, t, *a.shape[2:]).transpose(
+    to_BTNMK = lambda a: a.reshape(b, n, t, *a.shape[2:]).transpose(
         0, 2, 1, 3, 4)
     return x_BTND, {"sk": k_s.reshape(b, t * n, *k_s.shape[2:]),
                     "sv": v_s.reshape(b, t * n, *v_s.shape[2:]),
-                    "tk": to_BTNHK(k_t), "tv": to_BTNHK(v_t)}
+                    "tk": to_BTNMK(k_t), "tv": to_BTNMK(v_t)}
 
   def decode(self, x_BD: jax.Array, cache: dict[str, jax.Array],
              t: jax.Array, n: jax.Array
@@ -166,8 +323,8 @@ class STTransformer(nnx.Module):
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Forward pass over T known frames that also returns every layer's
     keys/values, padded to `capacity` frames: the KV cache `decode` extends.
-    Cache arrays: sk/sv [layers, B, capacity*N, H, K], tk/tv [layers, B,
-    capacity, N, H, K]."""
+    Cache arrays: sk/sv [layers, B, capacity*N, M, K], tk/tv [layers, B,
+    capacity, N, M, K]."""
     b, t, n, _ = x_BTND.shape
 
     # Plain lax.scan over the split layers (not nnx.scan), so that sampling

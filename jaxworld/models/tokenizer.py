@@ -16,16 +16,115 @@ E code width (one channel per FSQ level).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from jaxworld.models.layers import Dense
-from jaxworld.models.quantizer import FSQ, Continuous
-from jaxworld.models.st_transformer import STTransformer
-from jaxworld.parallel import axes
+from jaxworld.config import Config
+from jaxworld.models import build
+from jaxworld.models.st_transformer import STTransformer, dense
+
+# ---------------------------------------------------------- bottlenecks
+# FSQ, finite scalar quantisation: the VQ-VAE bottleneck without a codebook
+# to learn. Each of the d = len(levels) latent channels is squashed to a
+# bounded range and rounded to one of `levels[i]` values (straight-through
+# gradient); the token is the mixed-radix number of the d digits, so V =
+# prod(levels). Unlike a learned codebook, FSQ cannot collapse onto a few
+# codes and needs no commitment loss, EMA or code restarts: on short runs a
+# learned codebook here collapsed to 1-2 codes on the mostly-black frames,
+# FSQ uses hundreds (Mentzer et al. 2023, "Finite Scalar Quantization:
+# VQ-VAE Made Simple"). Dimension keys there: d latent channels (one per
+# level), `...` any leading dims.
+
+
+class FSQ:
+  """Stateless quantiser of [..., d] latents into prod(levels) tokens."""
+
+  def __init__(self, levels: Sequence[int]):
+    if any(level < 2 for level in levels):
+      raise ValueError(f"FSQ levels must be >= 2, got {tuple(levels)}")
+    self.levels = tuple(int(level) for level in levels)
+    self.codebook_size = int(np.prod(self.levels))
+    self._levels_d = np.asarray(self.levels, np.float32)
+    self._basis_d = np.cumprod((1,) + self.levels[:-1]).astype(np.int32)
+    self._half_width_d = (self._levels_d // 2).astype(np.float32)
+
+  @property
+  def dim(self) -> int:
+    return len(self.levels)
+
+  def _bound(self, z: jax.Array) -> jax.Array:
+    """Maps R -> an interval that rounds to exactly `levels` integers."""
+    half_l = (self._levels_d - 1) * (1 + 1e-3) / 2
+    offset = np.where(self._levels_d % 2 == 1, 0.0, 0.5).astype(np.float32)
+    shift = np.tan(offset / half_l).astype(np.float32)
+    return (jnp.tanh(z + _lead(shift, z)) * _lead(half_l, z)
+            - _lead(offset, z))
+
+  def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+    """(codes in [-1, 1] with straight-through gradient, int32 tokens, aux).
+
+    aux holds `codebook_perplexity`: the effective number of tokens used.
+    """
+    bounded = self._bound(z.astype(jnp.float32))
+    rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
+    half_width = _lead(self._half_width_d, z)
+    codes = rounded / half_width
+    digits = jnp.round(jax.lax.stop_gradient(rounded) + half_width)
+    tokens = jnp.sum(digits.astype(jnp.int32) * _lead(self._basis_d, z), -1)
+    counts_V = jnp.bincount(tokens.reshape(-1), length=self.codebook_size)
+    probs_V = counts_V.astype(jnp.float32) / jnp.maximum(jnp.sum(counts_V), 1)
+    perplexity = jnp.exp(-jnp.sum(probs_V * jnp.log(probs_V + 1e-10)))
+    return codes, tokens, {"codebook_perplexity": perplexity}
+
+  def codes(self, tokens: jax.Array) -> jax.Array:
+    """int tokens [...] -> codes [..., d] in [-1, 1]."""
+    t = tokens[..., None]
+    digits = (t // _lead(self._basis_d, t)) % _lead(
+        self._levels_d.astype(np.int32), t)
+    half_width = _lead(self._half_width_d, t)
+    return (digits.astype(jnp.float32) - half_width) / half_width
+
+
+def _lead(c: np.ndarray, like: jax.Array) -> np.ndarray:
+  """A per-channel constant shaped to broadcast against `like` [..., d]."""
+  return c.reshape((1,) * (like.ndim - 1) + (-1,))
+
+
+class Continuous:
+  """The continuous bottleneck (`tokenizer.kind="continuous"`): latents
+  squashed into [-1, 1] by tanh, not rounded. Same interface as FSQ, with
+  the bounded latents [..., d] themselves as the "tokens", so a diffusion
+  model can denoise them at a known scale."""
+
+  def __init__(self, dim: int):
+    if dim < 1:
+      raise ValueError(f"continuous latent dim must be >= 1, got {dim}")
+    self.dim = int(dim)
+
+  def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+    codes = jnp.tanh(z.astype(jnp.float32))
+    return codes, codes, {"latent_rms": jnp.sqrt(jnp.mean(codes ** 2))}
+
+  def codes(self, tokens: jax.Array) -> jax.Array:
+    return tokens.astype(jnp.float32)
+
+
+# ---------------------------------------------------------- the tokenizer
+
+
+def to_unit_float(frames_BTHWC: jax.Array) -> jax.Array:
+  """uint8 frames -> float32 in [0, 1]."""
+  return frames_BTHWC.astype(jnp.float32) / 255.0
+
+
+def psnr_from_mse(mse: jax.Array) -> jax.Array:
+  """PSNR in dB of frames in [0, 1] from their mean squared error."""
+  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
 
 def patchify(frames_BTHWC: jax.Array, p: int) -> jax.Array:
@@ -57,18 +156,14 @@ class VideoTokenizer(nnx.Module):
     self.quantizer = Continuous(latent_dim) if self.continuous else FSQ(
         fsq_levels)
     latent_dim = self.quantizer.dim
-    self.patch_in = Dense(rngs, (patch_dim,), (enc_w,), "BTNP,PD->BTND",
-                          (axes.PATCH, axes.EMBED))
+    self.patch_in = dense(rngs, "BTNP,PD->BTND", P=patch_dim, D=enc_w)
     self.encoder = STTransformer(rngs, num_tokens=self.num_tokens,
                                  max_frames=max_frames, **encoder)
-    self.to_code = Dense(rngs, (enc_w,), (latent_dim,), "BTND,DE->BTNE",
-                         (axes.EMBED, axes.LATENT))
-    self.from_code = Dense(rngs, (latent_dim,), (dec_w,), "BTNE,ED->BTND",
-                           (axes.LATENT, axes.EMBED))
+    self.to_code = dense(rngs, "BTND,DE->BTNE", D=enc_w, E=latent_dim)
+    self.from_code = dense(rngs, "BTNE,ED->BTND", D=dec_w, E=latent_dim)
     self.decoder = STTransformer(rngs, num_tokens=self.num_tokens,
                                  max_frames=max_frames, **decoder)
-    self.patch_out = Dense(rngs, (dec_w,), (patch_dim,), "BTND,DP->BTNP",
-                           (axes.EMBED, axes.PATCH))
+    self.patch_out = dense(rngs, "BTND,DP->BTNP", P=patch_dim, D=dec_w)
 
   def latents(self, frames_BTHWC: jax.Array) -> jax.Array:
     """Frames in [0, 1] -> continuous codes [B, T, N, E] before quantization
@@ -97,3 +192,28 @@ class VideoTokenizer(nnx.Module):
     """Reconstruction (unclipped), tokens and quantiser metrics."""
     zq_BTNE, tokens_BTN, aux = self.quantizer(self.latents(frames_BTHWC))
     return self._decode(zq_BTNE), tokens_BTN, aux
+
+
+def build_model(cfg: Config, rngs: nnx.Rngs) -> VideoTokenizer:
+  t = cfg.tokenizer
+  return VideoTokenizer(
+      rngs, latent_dim=t.latent_dim if t.kind == "continuous" else 0,
+      **build.frame_model_sizes(cfg, t))
+
+
+def loss(model: VideoTokenizer, batch: build.Batch, rng: jax.Array
+         ) -> tuple[jax.Array, build.Metrics]:
+  """Pixel MSE of the reconstruction (FSQ needs no codebook losses)."""
+  del rng
+  frames_BTHWC = to_unit_float(batch["frames"])
+  recon_BTHWC, _, aux = model(frames_BTHWC)
+  mse = jnp.mean((recon_BTHWC - frames_BTHWC) ** 2)
+  return mse, {"mse": mse, "psnr": psnr_from_mse(mse), **aux}
+
+
+# Discrete tokens (for maskgit / autoregressive dynamics) and continuous
+# latents (for diffusion dynamics): one model, two bottlenecks.
+FSQ_KIND = build.register("tokenizer", build.ModelKind("fsq", build_model,
+                                                       loss))
+CONTINUOUS_KIND = build.register("tokenizer", build.ModelKind(
+    "continuous", build_model, loss))

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding
 
-from jaxworld.parallel import mesh as meshlib
+from jaxworld.parallel import sharding
 
 _RULES: contextvars.ContextVar[tuple[Mesh, dict[str, Any]] | None] = (
     contextvars.ContextVar("jaxworld_activation_rules", default=None))
@@ -25,7 +25,7 @@ _RULES: contextvars.ContextVar[tuple[Mesh, dict[str, Any]] | None] = (
 
 @contextlib.contextmanager
 def use_rules(mesh: Mesh, rules: Sequence[Sequence[Any]]) -> Iterator[None]:
-  token = _RULES.set((mesh, meshlib.rules_dict(rules)))
+  token = _RULES.set((mesh, sharding.rules_dict(rules)))
   try:
     yield
   finally:
@@ -38,5 +38,5 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   if current is None:
     return x
   mesh, table = current
-  spec = meshlib.logical_to_mesh_spec(names, table)
+  spec = sharding.logical_to_mesh_spec(names, table)
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

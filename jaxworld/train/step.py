@@ -24,8 +24,9 @@ from jax.sharding import Mesh
 from jaxworld.config import Config
 from jaxworld.models import build
 from jaxworld.parallel import activations, axes
-from jaxworld.parallel import mesh as meshlib
-from jaxworld.train import objectives, optim
+from jaxworld.parallel import batch as batchlib, sharding
+from jaxworld.models.tokenizer import to_unit_float
+from jaxworld.train import optim
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,22 @@ class Frozen:
   """A model the step reads but does not train (e.g. the tokenizer)."""
   graphdef: Any
   state: nnx.State
+
+
+def dynamics_inputs(frozen: nnx.Module, batch: dict[str, jax.Array],
+                    latent_actions: bool) -> dict[str, jax.Array]:
+  """What every dynamics kind trains on, computed in-step outside the
+  gradient: the frozen tokenizer's codes of the frames (tokens, or a
+  continuous tokenizer's latents) and the actions, real or inferred by the
+  frozen LAM (`frozen` is then a `build.FrozenModels`)."""
+  frames_BTHWC = to_unit_float(batch["frames"])
+  tokenizer = frozen.tokenizer if latent_actions else frozen
+  actions_BT = batch["actions"]
+  if latent_actions:  # a_t is the transition t -> t+1; the last is unused
+    actions_BTm1 = frozen.lam.actions(frames_BTHWC)
+    actions_BT = jnp.concatenate(
+        [actions_BTm1, jnp.zeros_like(actions_BTm1[:, :1])], 1)
+  return {"tokens": tokenizer.encode(frames_BTHWC), "actions": actions_BT}
 
 
 @dataclasses.dataclass
@@ -75,16 +92,17 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
   """Lowers and compiles init and step ahead of time for this mesh."""
   tx = optim.make(cfg.train)
   graphdef, abstract = abstract_state(cfg, stage)
-  state_sh = meshlib.param_shardings(abstract, mesh, cfg.mesh.rules)
+  state_sh = sharding.param_shardings(abstract, mesh, cfg.mesh.rules)
   batch = batch_spec(cfg, cfg.train.batch_size)
-  tokens = (cfg.world.image_size // cfg.tokenizer.patch_size) ** 2
-  meshlib.check_splits("data.window", cfg.data.window, axes.FRAMES, mesh,
-                       cfg.mesh.rules)
-  meshlib.check_splits("tokens per frame", tokens, axes.TOKENS, mesh,
-                       cfg.mesh.rules)
-  batch_sh = {k: meshlib.batch_sharding(mesh, v.ndim, cfg.mesh.rules)
+  tokens = build.num_tokens(cfg)
+  batchlib.check_splits("data.window", cfg.data.window, axes.FRAMES, mesh,
+                        cfg.mesh.rules)
+  batchlib.check_splits("tokens per frame", tokens, axes.TOKENS, mesh,
+                        cfg.mesh.rules)
+  batch_sh = {k: batchlib.batch_sharding(mesh, v.ndim, cfg.mesh.rules)
               for k, v in batch.items()}
-  objective = objectives.for_stage(cfg, stage)
+  kind_loss = build.stage_kind(cfg, stage).loss
+  latent_actions = cfg.dynamics.actions == "latent"
   lr = optim.schedule(cfg.train)
   seed = cfg.train.seed
 
@@ -98,10 +116,11 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
     # draws exactly what the uninterrupted run would have.
     rng = jax.random.fold_in(jax.random.key(seed), count)
     if frozen is not None:
-      batch = objective.prepare(nnx.merge(frozen.graphdef, frozen_state), batch)
+      batch = dynamics_inputs(nnx.merge(frozen.graphdef, frozen_state),
+                              batch, latent_actions)
 
     def loss_fn(model):
-      return objective.loss(model, batch, rng)
+      return kind_loss(model, batch, rng)
 
     (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(ts.model)
     ts.optimizer.update(ts.model, grads)
@@ -110,9 +129,9 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
     return nnx.state(ts), metrics
 
   frozen_abstract = frozen.state if frozen is not None else None
-  frozen_sh = (meshlib.param_shardings(frozen.state, mesh, cfg.mesh.rules)
+  frozen_sh = (sharding.param_shardings(frozen.state, mesh, cfg.mesh.rules)
                if frozen is not None else None)
-  replicated = meshlib.replicated(mesh)
+  replicated = sharding.replicated(mesh)
   init_jit = jax.jit(init, out_shardings=state_sh)
   step_jit = jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_sh),
                      out_shardings=(state_sh, replicated), donate_argnums=0)

@@ -17,7 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxworld.errors import JaxWorldError
-from jaxworld.train import checkpoint
+from jaxworld.runs import checkpoint
 
 # Metric columns of the `list` table, in this order, when a run logged them.
 _TABLE_METRICS = ("loss", "psnr", "masked_accuracy")

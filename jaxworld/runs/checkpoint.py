@@ -148,7 +148,7 @@ def check_compatible(saved: dict[str, Any], expected: dict[str, Any],
       f"{where} was written by a different model config: {len(lines)} of "
       f"{len(expected.keys() | saved.keys())} arrays differ:\n  "
       + "\n  ".join(shown) + "\nUse the config that run was trained with "
-      f"(its config.json), or start a new --workdir.")
+      "(its config.json), or start a new --workdir.")
 
 
 def _item_handlers() -> dict[str, Any]:

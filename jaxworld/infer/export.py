@@ -196,7 +196,9 @@ def _code_spec(cfg: configlib.Config, tokenizer: nnx.Module
   size = cfg.world.image_size
   frames = jax.ShapeDtypeStruct((1, 1, size, size, _channels(cfg, tokenizer)),
                                 jnp.float32)
-  codes = jax.eval_shape(tokenizer.encode, frames)
+  graphdef, state = nnx.split(tokenizer)
+  codes = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).encode(x),
+                         state, frames)
   return jax.ShapeDtypeStruct(codes.shape[2:], codes.dtype)
 
 

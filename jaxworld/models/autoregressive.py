@@ -94,6 +94,9 @@ def sample_frame(model: ARDynamics, history_BTN: jax.Array,
   b, t, n = history_BTN.shape
   cache = model.prefill(history_BTN, actions_BT, capacity=t + 1)
   action_in_B = actions_BT[:, -1]
+  # The new frame's index as an array: under `jax.export` the history
+  # length is symbolic, and a symbolic dimension cannot index a table.
+  t = jnp.asarray(t, jnp.int32)
   # Split outside the scan, merged inside, so no nnx object crosses traces.
   graphdef, state = nnx.split(model)
 

@@ -48,8 +48,8 @@ def rollout(world: assemble.WorldModel, frames_ETHWC: np.ndarray,
 
   frames_ETHWC: uint8 [episodes, >= context + horizon, H, W, C];
   actions_ET: int [episodes, >= context + horizon]. A latent-action model
-  (dynamics.actions="latent") is instead given the actions `lam` infers from
-  the true frames, as Genie evaluates: the score is then of the dynamics,
+  (dynamics.actions="latent") is instead given the actions its LAM infers
+  from the true frames, as Genie evaluates: the score is then of the dynamics,
   given the actions that happened.
   """
   cfg, tokenizer = world.cfg, world.tokenizer

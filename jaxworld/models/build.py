@@ -61,7 +61,7 @@ class ModelKind:
 @dataclasses.dataclass(frozen=True)
 class DynamicsKind(ModelKind):
   """A dynamics model: also imagines frames, on one tokenizer kind's codes."""
-  next_frame: Callable[..., jax.Array] = None  # type: ignore[assignment]
+  next_frame: Callable[..., jax.Array]
   tokenizer: str = "fsq"  # the tokenizer kind whose codes it models
   # Model passes per imagined frame, from the rollout settings (0: the kind
   # has no such setting, so changing another kind's does not recompile it).

@@ -42,8 +42,9 @@ def test_demo_writes_everything(demo_run):
 
 def test_demo_again_skips_finished_stages(demo_run):
   before = json.loads((demo_run / "summary.json").read_text())
+  # 1: the tiny demo misses the bar again (tests/test_demo.py).
   assert cli.main(["demo", "--workdir", str(demo_run), *TINY,
-                   "train.log_every=1"]) in (0, 1)
+                   "train.log_every=1"]) == 1
   after = json.loads((demo_run / "summary.json").read_text())
   assert after["psnr_model"] == before["psnr_model"]  # same models, same rollout
   assert after["stage_seconds"]["tokenizer"] < 5  # nothing compiled or trained

@@ -53,3 +53,27 @@ def test_random_actions_keep_the_context():
   # they are random.
   assert (mixed[:, :3] == 0).all()
   assert (mixed[:, 3:] != 0).mean() > 0.7 and mixed.max() == 4
+
+
+def test_eval_on_data_without_object_states(tiny_demo, tmp_path, capsys):
+  """Ingested video has no object states: eval reports pixels and
+  controllability and says physics was not measured (no KeyError)."""
+  from jaxworld.data import pipeline
+  episodes = pipeline.load_episodes(tiny_demo / "data", "eval", 4)
+  (tmp_path / "npz").mkdir()
+  for i in range(4):
+    np.savez(tmp_path / "npz" / f"ep{i}.npz", frames=episodes["frames"][i],
+             actions=episodes["actions"][i])
+  data = tmp_path / "ingested"
+  assert cli.main(["data", "ingest", str(tmp_path / "npz"), "--out",
+                   str(data), "--kind", "npz", "--size", "32", "--chunk",
+                   "12", "--val-fraction", "0.5", "--shards", "1"]) == 0
+  capsys.readouterr()
+  assert cli.main(["eval", "--workdir", str(tiny_demo / "dynamics"),
+                   "--data", str(data), "--episodes", "2", "--out",
+                   str(tmp_path / "eval")]) == 0
+  printed = capsys.readouterr().out
+  result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+  assert "no object states" in result["physics"] and "probe" not in result
+  assert "no object states" in printed and np.isfinite(result["delta_psnr"])
+  assert not (tmp_path / "eval" / "position_error.png").exists()

@@ -91,6 +91,10 @@ def evaluate(world: assemble.WorldModel, data_path: str | Path,
   out["per_step"]["delta_psnr"] = _per_step(delta_ET)
   out["gain_over_copy_last_db"] = out["psnr_model"] - out["psnr_copy_last"]
 
+  if "states" not in episodes:  # e.g. ingested video: no object states
+    out["physics"] = ("not measured: the dataset has no object states, so "
+                      "there is no position error or physics probe")
+    return out, frames
   states = episodes["states"][:, c:c + h]
   for k in ("model", "copy_last"):
     error_T, not_found_T = probe.position_error(frames[k], states)
@@ -136,15 +140,7 @@ def run(workdir: str | Path, out: str | Path | None = None,
   (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
   _plot(result, out)
   _tensorboard(result, frames, out / "tb")
-  p = result["probe"]
-  log.info(
-      "eval of %s on %d held-out episodes: PSNR model %.2f / copy-last %.2f "
-      "dB, SSIM %.3f / %.3f, delta-t PSNR %+.2f dB, position error %.2f / "
-      "%.2f px, probe R^2 position %.2f (pixels %.2f) -> %s", workdir, n,
-      result["psnr_model"], result["psnr_copy_last"], result["ssim_model"],
-      result["ssim_copy_last"], result["delta_psnr"],
-      result["position_error_model"], result["position_error_copy_last"],
-      p["latents"]["position_r2"], p["pixels"]["position_r2"], out)
+  log.info("eval of %s on %d held-out episodes -> %s", workdir, n, out)
   return result
 
 
@@ -165,10 +161,11 @@ def _plot(result: dict[str, Any], out: Path) -> None:
           ("tokenizer ceiling", s["ssim_tokenizer"])]),
       "controllability.png": ("delta-t PSNR (dB): true minus random actions",
                               [("model", s["delta_psnr"])]),
-      "position_error.png": ("object position error (px) per step", [
-          ("model", s["position_error_model"]),
-          ("copy last frame", s["position_error_copy_last"])]),
   }
+  if "position_error_model" in s:
+    figures["position_error.png"] = ("object position error (px) per step", [
+        ("model", s["position_error_model"]),
+        ("copy last frame", s["position_error_copy_last"])])
   for name, (title, lines) in figures.items():
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     for label, ys in lines:
@@ -210,17 +207,15 @@ def _tensorboard(result: dict[str, Any], frames: dict[str, np.ndarray],
 
 def _sampling(result: dict[str, Any]) -> str:
   """How the frames were sampled, e.g. "maskgit, 8 steps per frame"."""
-  kind = result["dynamics_kind"]
-  if kind == "autoregressive":
-    return "autoregressive, one token at a time"
-  return f"{kind}, {result['steps_per_frame']} steps per frame"
+  kind, steps = result["dynamics_kind"], result["steps_per_frame"]
+  return f"{kind}, {steps} steps per frame" if steps else kind
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
   """The console report of an evaluation."""
-  s, p = result["per_step"], result["probe"]
+  s = result["per_step"]
   row = lambda xs: " ".join(f"{x:6.2f}" for x in xs)
-  return [
+  lines = [
       f"jaxworld eval: {result['episodes']} held-out episodes, "
       f"{result['context_frames']} real -> {result['horizon']} imagined "
       f"({_sampling(result)})",
@@ -233,7 +228,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
       f"tokenizer "
       f"{result['ssim_tokenizer']:.3f}",
       f"  delta-t PSNR (true - random actions) {result['delta_psnr']:+.2f} dB"
-      f", per step: {row(s['delta_psnr'])}",
+      f", per step: {row(s['delta_psnr'])}"]
+  if "probe" not in result:
+    return lines + [f"  physics: {result['physics']}"]
+  p = result["probe"]
+  return lines + [
       f"  object position error (px) model {row(s['position_error_model'])}",
       f"                          copy-last {row(s['position_error_copy_last'])}",
       f"  probe R^2 (held-out)  latents: position "

@@ -80,6 +80,8 @@ def run(workdir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
       "psnr_copy_last": result["psnr_copy_last"],
       "psnr_blank": result["psnr_blank"],
       "psnr_tokenizer": result["psnr_tokenizer"],
+      "psnr_moving_model": result["psnr_moving_model"],
+      "psnr_moving_copy_last": result["psnr_moving_copy_last"],
       "gain_over_copy_last_db": result["gain_over_copy_last_db"],
       "passed": verdict(result)[0],
       "per_step": result["per_step"],
@@ -96,6 +98,10 @@ def run(workdir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
   return summary
 
 
+def _db(value: float | None) -> str:
+  return "  n/a" if value is None else f"{value:5.2f} dB"
+
+
 def summary_lines(s: dict[str, Any], root: Path) -> list[str]:
   """The table the demo prints, ending in its PASS/FAIL verdict."""
   passed, reasons = verdict(s)
@@ -107,6 +113,8 @@ def summary_lines(s: dict[str, Any], root: Path) -> list[str]:
       f"  PSNR copy last frame       {s['psnr_copy_last']:6.2f} dB",
       f"  PSNR blank background      {s['psnr_blank']:6.2f} dB",
       f"  PSNR tokenizer (ceiling)   {s['psnr_tokenizer']:6.2f} dB",
+      f"  PSNR of what moved         {_db(s['psnr_moving_model'])} model, "
+      f"{_db(s['psnr_moving_copy_last'])} copy-last",
       "  per step (model)          " + " ".join(
           f"{x:5.1f}" for x in s["per_step"]["psnr_model"]),
       "  per step (copy-last)      " + " ".join(

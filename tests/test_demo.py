@@ -13,6 +13,7 @@ from jaxworld import cli, demo
 # summary.json's keys; scripts and docs read them.
 SUMMARY_KEYS = {
     "psnr_model", "psnr_copy_last", "psnr_blank", "psnr_tokenizer",
+    "psnr_moving_model", "psnr_moving_copy_last",
     "gain_over_copy_last_db", "passed", "per_step", "episodes",
     "context_frames", "horizon", "final_train_metrics", "stage_seconds",
     "rollout_gif"}

@@ -233,3 +233,21 @@ def test_blank_baseline_fills_each_episodes_background():
   np.testing.assert_array_equal(blank[0], 0)
   np.testing.assert_array_equal(blank[1], np.broadcast_to([10, 20, 30],
                                                           (5, 8, 8, 3)))
+
+
+def test_moving_psnr_scores_only_the_pixels_that_moved():
+  last = np.zeros((1, 8, 8, 3), np.uint8)
+  truth = np.zeros((1, 2, 8, 8, 3), np.uint8)
+  truth[0, 0, 2:4, 2:4] = 200  # 4 pixels moved in frame 0; none in frame 1
+  pred = truth.copy()
+  pred[0, 0, 2, 2] = 100       # one moved pixel wrong by 100 / 255
+  pred[0, :, 6, 6] = 255       # a static pixel wrong: does not count
+  got = frame_metrics.moving_psnr_per_frame(pred, truth, last)
+  mse = (100 / 255) ** 2 / 4   # over the 4 moved pixels (x3 channels)
+  np.testing.assert_allclose(got[0, 0], -10 * np.log10(mse))
+  assert np.isnan(got[0, 1])
+  # Copying the last frame is wrong on every moved pixel.
+  copy = np.repeat(last[:, None], 2, axis=1)
+  np.testing.assert_allclose(
+      frame_metrics.moving_psnr_per_frame(copy, truth, last)[0, 0],
+      -10 * np.log10((200 / 255) ** 2))

@@ -14,6 +14,7 @@ from jaxworld import cli
 from jaxworld.data import pipeline
 
 SCORES = ("psnr_model", "psnr_copy_last", "psnr_blank", "psnr_tokenizer")
+MOVING = tuple(name.replace("psnr_", "psnr_moving_") for name in SCORES)
 
 
 def _rollout(run, out, *overrides: str) -> dict:
@@ -38,7 +39,9 @@ def test_rollout_json_scores_every_imagined_frame(demo_rollout):
   r = demo_rollout
   assert (r["episodes"], r["context_frames"], r["horizon"]) == (2, 2, 3)
   assert (r["dynamics_kind"], r["steps_per_frame"]) == ("maskgit", 2)
-  assert sorted(r["per_step"]) == sorted(SCORES)
+  assert sorted(r["per_step"]) == sorted(SCORES + MOVING)
+  for name in MOVING:  # something moves in every tiny frame
+    assert len(r["per_step"][name]) == r["horizon"] and np.isfinite(r[name])
   for name in SCORES:
     assert len(r["per_step"][name]) == r["horizon"]
     # The headline is the mean over the horizon (per step is rounded).
@@ -62,6 +65,14 @@ def test_references_are_scored_on_the_held_out_frames(tiny_demo, demo_rollout):
     colours, counts = np.unique(context.reshape(-1, 3), axis=0,
                                 return_counts=True)
     blank[i] = colours[np.argmax(counts)]
+  # Of the pixels that moved since the last real frame, copy-last gets none.
+  moved_ETHW = np.any(truth != copy_last, axis=-1)
+  err_ETHW = np.mean(((copy_last.astype(np.float64) - truth) / 255) ** 2, -1)
+  moving_ET = -10 * np.log10(
+      (err_ETHW * moved_ETHW).sum((2, 3)) / moved_ETHW.sum((2, 3)))
+  assert r["psnr_moving_copy_last"] == pytest.approx(moving_ET.mean(),
+                                                     rel=1e-9)
+  assert r["psnr_moving_copy_last"] < r["psnr_copy_last"]
   for name, pred in (("psnr_copy_last", copy_last), ("psnr_blank", blank)):
     psnr_ET = _psnr(pred, truth)
     assert r[name] == pytest.approx(psnr_ET.mean(), rel=1e-12)

@@ -86,6 +86,11 @@ def evaluate(world: assemble.WorldModel, data_path: str | Path,
     for k, v in values.items():
       out[f"{name}_{k}"] = float(v.mean())
       out["per_step"][f"{name}_{k}"] = _per_step(v)
+  moving = rollout.score(frames)
+  for k in ("model", "copy_last"):
+    out[f"psnr_moving_{k}"] = moving[f"psnr_moving_{k}"]
+    out["per_step"][f"psnr_moving_{k}"] = moving["per_step"][
+        f"psnr_moving_{k}"]
   delta_ET = psnr["model"] - psnr["random_actions"]
   out["delta_psnr"] = float(delta_ET.mean())
   out["per_step"]["delta_psnr"] = _per_step(delta_ET)
@@ -189,7 +194,8 @@ def _tensorboard(result: dict[str, Any], frames: dict[str, np.ndarray],
   try:
     for key, values in result["per_step"].items():
       for i, v in enumerate(values):
-        writer.add_scalar(f"eval/{key}", v, i + 1)
+        if v is not None:  # e.g. a step where nothing moved
+          writer.add_scalar(f"eval/{key}", v, i + 1)
     shown = slice(0, min(frames["truth"].shape[0], 4))
     images = media.side_by_side(frames["truth"][shown], frames["model"][shown],
                                 context=0)
@@ -211,6 +217,10 @@ def _sampling(result: dict[str, Any]) -> str:
   return f"{kind}, {steps} steps per frame" if steps else kind
 
 
+def _db(value: float | None) -> str:
+  return "n/a (nothing moved)" if value is None else f"{value:.2f} dB"
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
   """The console report of an evaluation."""
   s = result["per_step"]
@@ -223,6 +233,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
       f"{result['psnr_copy_last']:.2f} | blank {result['psnr_blank']:.2f} | "
       f"random actions {result['psnr_random_actions']:.2f} | tokenizer "
       f"{result['psnr_tokenizer']:.2f}",
+      f"  PSNR of what moved  model {_db(result['psnr_moving_model'])} | "
+      f"copy-last {_db(result['psnr_moving_copy_last'])}",
       f"  SSIM  model {result['ssim_model']:.3f} | copy-last "
       f"{result['ssim_copy_last']:.3f} | blank {result['ssim_blank']:.3f} | "
       f"tokenizer "

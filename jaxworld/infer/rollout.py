@@ -76,13 +76,24 @@ def rollout(world: assemble.WorldModel, frames_ETHWC: np.ndarray,
 
 
 def score(frames: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Mean PSNR over episodes and horizon, and per step, for each predictor."""
+  """Mean PSNR over episodes and horizon, and per step, for each predictor:
+  of whole frames (`psnr_*`) and of the pixels that moved since the last
+  real frame (`psnr_moving_*`)."""
   out: dict[str, Any] = {"per_step": {}}
+  last_EHWC = frames["copy_last"][:, 0]
   for name in ("model", "copy_last", "blank", "tokenizer"):
     psnr_ET = frame_metrics.psnr_per_frame(frames[name], frames["truth"])
     out[f"psnr_{name}"] = float(psnr_ET.mean())
     out["per_step"][f"psnr_{name}"] = [round(float(x), 3)
                                        for x in psnr_ET.mean(0)]
+    moving_ET = frame_metrics.moving_psnr_per_frame(
+        frames[name], frames["truth"], last_EHWC)
+    moved_ET = ~np.isnan(moving_ET)  # frames where something moved
+    out[f"psnr_moving_{name}"] = (float(moving_ET[moved_ET].mean())
+                                  if moved_ET.any() else None)
+    out["per_step"][f"psnr_moving_{name}"] = [
+        round(float(col[~np.isnan(col)].mean()), 3)
+        if (~np.isnan(col)).any() else None for col in moving_ET.T]
   out["gain_over_copy_last_db"] = out["psnr_model"] - out["psnr_copy_last"]
   return out
 

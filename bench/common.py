@@ -20,33 +20,48 @@ def simulate_cpu_devices(n: int) -> None:
 
 
 def load(name: str, overrides: list[str]) -> Any:
-  """A repo config by name; a dynamics config gets the tokenizer section of
-  configs/tokenizer.toml (diffusion: tokenizer_continuous.toml), as
-  training takes it from the tokenizer run."""
+  """A repo config by name as training sees it: a dynamics config gets the
+  tokenizer section of configs/tokenizer.toml (tokenizer_continuous.toml
+  for a kind on continuous latents) and, with latent actions, the lam
+  section of configs/lam.toml, as training takes them from those runs."""
   from jaxworld import config as configlib
+  from jaxworld.models import build
   cfg = configlib.load(configlib.resolve(name), overrides)
   if cfg.train.stage == "dynamics":
-    tok_name = ("tokenizer_continuous" if cfg.dynamics.kind == "diffusion"
-                else "tokenizer")
+    tok_name = {"continuous": "tokenizer_continuous"}.get(
+        build.dynamics_kind(cfg).tokenizer, "tokenizer")
     tok = configlib.load(configlib.resolve(tok_name)).tokenizer
     cfg = dataclasses.replace(cfg, tokenizer=tok)
+    if cfg.dynamics.actions == "latent":
+      lam = configlib.load(configlib.resolve("lam")).lam
+      cfg = dataclasses.replace(cfg, lam=lam)
   return cfg
 
 
 def compile_step(cfg: Any, mesh: Any) -> tuple[Any, Any]:
-  """(compiled step, frozen tokenizer or None); a random tokenizer costs the
-  same as a trained one."""
+  """(compiled step, frozen models or None); random frozen models cost the
+  same as trained ones."""
+  from jaxworld.train import step as steplib
+  frozen = frozen_models(cfg, mesh)
+  return steplib.compile_step(cfg, cfg.train.stage, mesh, frozen), frozen
+
+
+def frozen_models(cfg: Any, mesh: Any) -> Any:
+  """What a dynamics step reads, randomly initialised: the tokenizer, and
+  with latent actions the LAM (as `runs.assemble.frozen_models` restores)."""
   import jax
   from flax import nnx
   from jaxworld.models import build
   from jaxworld.parallel import sharding
   from jaxworld.train import step as steplib
-  frozen = None
-  if cfg.train.stage == "dynamics":
-    graphdef, state = nnx.split(build.tokenizer(cfg, nnx.Rngs(0)))
-    frozen = steplib.Frozen(graphdef, jax.device_put(
-        state, sharding.param_shardings(state, mesh, cfg.mesh.rules)))
-  return steplib.compile_step(cfg, cfg.train.stage, mesh, frozen), frozen
+  if cfg.train.stage != "dynamics":
+    return None
+  model = build.tokenizer(cfg, nnx.Rngs(0))
+  if cfg.dynamics.actions == "latent":
+    model = build.FrozenModels(model, build.lam(cfg, nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  return steplib.Frozen(graphdef, jax.device_put(
+      state, sharding.param_shardings(state, mesh, cfg.mesh.rules)))
 
 
 def random_batch(cfg: Any, shardings: Any) -> dict[str, Any]:

@@ -20,34 +20,6 @@ import time
 import common
 
 
-def _load(name: str, overrides: list[str]):
-  """As training sees it (`common.load`) and, with latent actions, with the
-  lam section of configs/lam.toml (the run it reads)."""
-  import dataclasses
-  from jaxworld import config as configlib
-  cfg = common.load(name, overrides)
-  if cfg.train.stage == "dynamics" and cfg.dynamics.actions == "latent":
-    lam = configlib.load(configlib.resolve("lam")).lam
-    cfg = dataclasses.replace(cfg, lam=lam)
-  return cfg
-
-
-def _frozen(cfg, mesh):
-  import jax
-  from flax import nnx
-  from jaxworld.models import build
-  from jaxworld.parallel import sharding
-  from jaxworld.train import step as steplib
-  if cfg.train.stage != "dynamics":
-    return None
-  model = build.tokenizer(cfg, nnx.Rngs(0))
-  if cfg.dynamics.actions == "latent":
-    model = build.FrozenModels(model, build.lam(cfg, nnx.Rngs(0)))
-  graphdef, state = nnx.split(model)
-  return steplib.Frozen(graphdef, jax.device_put(
-      state, sharding.param_shardings(state, mesh, cfg.mesh.rules)))
-
-
 def _flops(compiled) -> float:
   cost = compiled.step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -62,13 +34,13 @@ def _frames_per_second(cfg, episodes: int = 16) -> float:
   from jaxworld.models import build
   window = cfg.data.window
   model = build.dynamics(cfg, nnx.Rngs(0))
-  n, v = build.num_tokens(cfg), build.codebook_size(cfg)
   rng = np.random.default_rng(0)
-  if cfg.dynamics.kind == "diffusion":
-    context = rng.uniform(-1, 1, (episodes, 4, n, cfg.tokenizer.latent_dim)
-                          ).astype(np.float32)
-  else:
-    context = rng.integers(0, v, (episodes, 4, n)).astype(np.int32)
+  # The context is what the kind's tokenizer would give: real codes of
+  # random frames, so every kind gets inputs of its own type.
+  frames = rng.integers(0, 256, (episodes, 4, cfg.world.image_size,
+                                 cfg.world.image_size, 3), np.uint8)
+  context = sampler.encode_frames(build.tokenizer(cfg, nnx.Rngs(0)), frames,
+                                  window)
   actions = rng.integers(0, build.num_actions(cfg), (episodes, 12))
 
   def run():
@@ -96,9 +68,9 @@ def main() -> None:
   from jaxworld.parallel import mesh as meshlib
   rows = []
   for name in names:
-    cfg = _load(name, overrides)
+    cfg = common.load(name, overrides)
     mesh = meshlib.make_mesh(cfg.mesh)
-    frozen = _frozen(cfg, mesh)
+    frozen = common.frozen_models(cfg, mesh)
     from jaxworld.train import step as steplib
     compiled = steplib.compile_step(cfg, cfg.train.stage, mesh, frozen)
     batch = common.random_batch(cfg, compiled.batch_shardings)

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-FORMAT, VERSION = "jaxworld-bundle", 1
+FORMAT, VERSIONS = "jaxworld-bundle", (1, 2)  # v1: MaskGIT only
 
 
 def load_bundle(path: str | Path) -> dict:
@@ -37,8 +37,10 @@ def load_bundle(path: str | Path) -> dict:
   bundle directory."""
   path = Path(path)
   manifest = json.loads((path / "manifest.json").read_text())
-  if (manifest.get("format"), manifest.get("version")) != (FORMAT, VERSION):
-    raise SystemExit(f"{path} is not a {FORMAT} v{VERSION} bundle "
+  if (manifest.get("format") != FORMAT
+      or manifest.get("version") not in VERSIONS):
+    raise SystemExit(f"{path} is not a {FORMAT} bundle of version "
+                     f"{' or '.join(map(str, VERSIONS))} "
                      f"(manifest says {manifest.get('format')} "
                      f"v{manifest.get('version')}).")
   bf16 = manifest["param_dtype"] == "bfloat16"

@@ -1,7 +1,8 @@
 """The package's layering, as docs/design-notes.md states it: models never
 import the trainer, the mesh builder or jax.distributed; inference and eval
-load models without the trainer; infer and eval do not import each other
-both ways; data does not import infer. A violating import fails here, named.
+load models without the trainer; infer never imports eval (eval uses
+infer's rollout, one way only); data does not import infer. A violating
+import fails here, named.
 """
 
 import ast

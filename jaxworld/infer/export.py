@@ -23,7 +23,8 @@ loads it with jax and numpy alone and imagines the same frames as
     decode.jax         params dict as the first argument:
       encode(params, frames u8[b,t,H,W,C]) -> tokens i32[b,N]
           tokens of the last of t <= window frames (a continuous
-          tokenizer's: latents f32[b,N,E]; the manifest says which)
+          tokenizer's: latents f32[b,N,E]; `codes_per_frame` in the
+          manifest says which, and the same codes type is used below)
       dynamics_step(params, history i32[b,t,N], actions i32[b,t],
                     rng u32[2], temperature f32[]) -> (tokens i32[b,N],
                     rng u32[2])
@@ -68,10 +69,13 @@ from jaxworld.runs import assemble, checkpoint
 log = logging.getLogger(__name__)
 
 FORMAT = "jaxworld-bundle"
-VERSION = 1
+# v2: any dynamics kind; codes may be float latents; the rollout settings
+# name the kind and its steps per frame (v1: MaskGIT only).
+VERSION = 2
 PARAM_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Lowered for all three, so one bundle plays on CPU, GPU and TPU.
 PLATFORMS = ("cpu", "cuda", "tpu")
+CHANNELS = 3  # episode frames are RGB (data/records.py)
 
 # name -> (model whose params it takes, input names, output names)
 FUNCTIONS = {
@@ -194,16 +198,11 @@ def _code_spec(cfg: configlib.Config, tokenizer: nnx.Module
   """What the tokenizer codes one frame as, e.g. int32 [N] (FSQ tokens) or
   float32 [N, E] (continuous latents), read off the tokenizer itself."""
   size = cfg.world.image_size
-  frames = jax.ShapeDtypeStruct((1, 1, size, size, _channels(cfg, tokenizer)),
-                                jnp.float32)
+  frames = jax.ShapeDtypeStruct((1, 1, size, size, CHANNELS), jnp.float32)
   graphdef, state = nnx.split(tokenizer)
   codes = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).encode(x),
                          state, frames)
   return jax.ShapeDtypeStruct(codes.shape[2:], codes.dtype)
-
-
-def _channels(cfg: configlib.Config, tokenizer: nnx.Module) -> int:
-  return tokenizer.patch_in.kernel.shape[0] // cfg.tokenizer.patch_size ** 2
 
 
 def _input_specs(name: str, cfg: configlib.Config, tokenizer: nnx.Module
@@ -217,7 +216,7 @@ def _input_specs(name: str, cfg: configlib.Config, tokenizer: nnx.Module
   code = _code_spec(cfg, tokenizer)
   codes = spec((b, t, *code.shape), code.dtype)
   if name == "encode":
-    return (spec((b, t, size, size, _channels(cfg, tokenizer)), jnp.uint8),)
+    return (spec((b, t, size, size, CHANNELS), jnp.uint8),)
   if name == "decode":
     return (codes,)
   return (codes, spec((b, t), jnp.int32), spec((2,), jnp.uint32),
@@ -244,7 +243,7 @@ def _manifest(cfg: configlib.Config, workdir: str | Path,
               platforms: Sequence[str], stored: dict[str, Any],
               functions: dict[str, Any]) -> dict[str, Any]:
   r = cfg.rollout
-  tok, dyn = models["tokenizer"], models["dynamics"]
+  tok = models["tokenizer"]
   options = sampler.options_for(cfg)
   return {
       "format": FORMAT, "version": VERSION,
@@ -268,9 +267,9 @@ def _manifest(cfg: configlib.Config, workdir: str | Path,
           "image_size": cfg.world.image_size,
           "num_actions": cfg.dynamics.num_actions},
       "compute_dtypes": {
-          "tokenizer.encoder": jnp.dtype(tok.encoder.dtype).name,
-          "tokenizer.decoder": jnp.dtype(tok.decoder.dtype).name,
-          "dynamics.backbone": jnp.dtype(dyn.backbone.dtype).name},
+          "tokenizer.encoder": build.backbone(cfg.tokenizer.encoder)["dtype"],
+          "tokenizer.decoder": build.backbone(cfg.tokenizer.decoder)["dtype"],
+          "dynamics.backbone": build.backbone(cfg.dynamics.backbone)["dtype"]},
       "source": {
           "workdir": str(Path(workdir).absolute()),
           "dynamics_step": checkpoint.saved_steps(workdir)[-1],

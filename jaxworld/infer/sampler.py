@@ -156,13 +156,17 @@ def decode_frames(tokenizer: VideoTokenizer, tokens_BTN: jax.Array,
       for i in range(start, tokens_BTN.shape[1])], 1)
 
 
-def program(name: str, graphdef: nnx.GraphDef, kind: str = "",
+def program(name: str, graphdef: nnx.GraphDef, kind: str | None = None,
             options: SampleOptions | None = None):
   """The pure per-frame program `name` with its model structure bound, as
   exported: encode(params, frames), decode(params, tokens) or
   dynamics_step(params, history, actions, rng, temperature) of dynamics kind
   `kind`, sampled with `options` at the given temperature."""
   if name == "dynamics_step":
+    if kind is None or options is None:
+      raise ValueError("program('dynamics_step') needs the dynamics kind "
+                       "and its SampleOptions")
+
     def step(params, history_BTN, actions_BT, rng_2, temperature):
       return dynamics_step(graphdef, kind, params, history_BTN, actions_BT,
                            rng_2, dataclasses.replace(

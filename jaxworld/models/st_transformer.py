@@ -79,8 +79,7 @@ def dense(rngs: nnx.Rngs, spec: str, *, dtype: jnp.dtype = jnp.float32,
 
 
 def _sharding_metadata(letters: str) -> dict[str, object]:
-  # Sharding is applied by the trainer (jit out_shardings from the rules),
-  # not eagerly here, so models can be built abstractly and on any mesh.
+  """Logical names of weight axes `letters`, applied later (`make_param`)."""
   return {"out_sharding": tuple(axes.WEIGHT_LETTERS[c] for c in letters),
           "eager_sharding": False}
 

@@ -17,12 +17,15 @@ SSIM_RADIUS = 5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
+def _unit_range(frames: np.ndarray, uint8: bool) -> np.ndarray:
+  return frames.astype(np.float64) / (255.0 if uint8 else 1.0)
+
+
 def psnr_per_frame(pred_BTHWC: np.ndarray, truth_BTHWC: np.ndarray
                    ) -> np.ndarray:
   """PSNR in dB of each frame, [B, T]; images in [0, 1] or uint8."""
-  scale = 255.0 if truth_BTHWC.dtype == np.uint8 else 1.0
-  p = pred_BTHWC.astype(np.float64) / scale
-  t = truth_BTHWC.astype(np.float64) / scale
+  uint8 = truth_BTHWC.dtype == np.uint8
+  p, t = _unit_range(pred_BTHWC, uint8), _unit_range(truth_BTHWC, uint8)
   mse_BT = np.mean((p - t) ** 2, axis=(2, 3, 4))
   return -10.0 * np.log10(np.maximum(mse_BT, 1e-10))
 
@@ -34,19 +37,14 @@ def moving_psnr_per_frame(pred_BTHWC: np.ndarray, truth_BTHWC: np.ndarray,
   last frame is wrong there by construction, and a static background, which
   decides whole-frame PSNR on most games, does not count. NaN where nothing
   moved."""
-  scale = 255.0 if truth_BTHWC.dtype == np.uint8 else 1.0
-  p = pred_BTHWC.astype(np.float64) / scale
-  t = truth_BTHWC.astype(np.float64) / scale
+  uint8 = truth_BTHWC.dtype == np.uint8
+  p, t = _unit_range(pred_BTHWC, uint8), _unit_range(truth_BTHWC, uint8)
   moved_BTHW = np.any(truth_BTHWC != last_BHWC[:, None], axis=-1)
   count_BT = moved_BTHW.sum(axis=(2, 3)) * truth_BTHWC.shape[-1]
   sq_BT = np.sum(((p - t) ** 2) * moved_BTHW[..., None], axis=(2, 3, 4))
   mse_BT = np.divide(sq_BT, count_BT, out=np.full(count_BT.shape, np.nan),
                      where=count_BT > 0)
   return -10.0 * np.log10(np.maximum(mse_BT, 1e-10))
-
-
-def _unit_range(frames: np.ndarray, uint8: bool) -> np.ndarray:
-  return frames.astype(np.float64) / (255.0 if uint8 else 1.0)
 
 
 def ssim_per_frame(pred_BTHWC: np.ndarray, truth_BTHWC: np.ndarray

@@ -194,11 +194,13 @@ class VideoTokenizer(nnx.Module):
     return self._decode(zq_BTNE), tokens_BTN, aux
 
 
-def build_model(cfg: Config, rngs: nnx.Rngs) -> VideoTokenizer:
-  t = cfg.tokenizer
-  return VideoTokenizer(
-      rngs, latent_dim=t.latent_dim if t.kind == "continuous" else 0,
-      **build.frame_model_sizes(cfg, t))
+def build_fsq(cfg: Config, rngs: nnx.Rngs) -> VideoTokenizer:
+  return VideoTokenizer(rngs, **build.frame_model_sizes(cfg, cfg.tokenizer))
+
+
+def build_continuous(cfg: Config, rngs: nnx.Rngs) -> VideoTokenizer:
+  return VideoTokenizer(rngs, latent_dim=cfg.tokenizer.latent_dim,
+                        **build.frame_model_sizes(cfg, cfg.tokenizer))
 
 
 def loss(model: VideoTokenizer, batch: build.Batch, rng: jax.Array
@@ -213,7 +215,7 @@ def loss(model: VideoTokenizer, batch: build.Batch, rng: jax.Array
 
 # Discrete tokens (for maskgit / autoregressive dynamics) and continuous
 # latents (for diffusion dynamics): one model, two bottlenecks.
-FSQ_KIND = build.register("tokenizer", build.ModelKind("fsq", build_model,
+FSQ_KIND = build.register("tokenizer", build.ModelKind("fsq", build_fsq,
                                                        loss))
 CONTINUOUS_KIND = build.register("tokenizer", build.ModelKind(
-    "continuous", build_model, loss))
+    "continuous", build_continuous, loss))

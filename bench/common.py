@@ -27,9 +27,9 @@ def load(name: str, overrides: list[str]) -> Any:
   from jaxworld import config as configlib
   from jaxworld.models import build
   cfg = configlib.load(configlib.resolve(name), overrides)
-  if cfg.train.stage == "dynamics":
-    tok_name = {"continuous": "tokenizer_continuous"}.get(
-        build.dynamics_kind(cfg).tokenizer, "tokenizer")
+  if cfg.train.stage == "dynamics" and build.tokenizer_kind(cfg).trained:
+    tok_name = {"latents": "tokenizer_continuous"}.get(
+        build.dynamics_kind(cfg).codes, "tokenizer")
     tok = configlib.load(configlib.resolve(tok_name)).tokenizer
     cfg = dataclasses.replace(cfg, tokenizer=tok)
     if cfg.dynamics.actions == "latent":

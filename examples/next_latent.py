@@ -45,7 +45,7 @@ class NextLatent(nnx.Module):
 
 
 def build_model(cfg, rngs: nnx.Rngs) -> NextLatent:
-  return NextLatent(rngs, latent_dim=cfg.tokenizer.latent_dim,
+  return NextLatent(rngs, latent_dim=build.latent_dim(cfg),
                     **build.dynamics_sizes(cfg))
 
 
@@ -68,4 +68,4 @@ def next_frame(model: NextLatent, history_BTNE: jax.Array,
 
 KIND = build.register("dynamics", build.DynamicsKind(
     "examples.next_latent", build_model, loss, next_frame=next_frame,
-    tokenizer="continuous"))
+    codes="latents"))

@@ -83,10 +83,17 @@ def tiny_demo_run(tmp_path_factory) -> DemoRun:
 
 @pytest.fixture(scope="session")
 def tiny_demo(tiny_demo_run) -> Path:
-  """The tiny demo's directory. Tests read it or copy what they change."""
+  """The tiny demo's directory (data/, an FSQ tokenizer/, MaskGIT
+  dynamics/, eval/) plus a `jaxworld rollout` of it in rollout/. Tests read
+  it or copy what they change."""
+  from jaxworld import cli
   # 1: it ran to the end, and 4 steps miss the demo's bar (tests/test_demo.py).
   assert tiny_demo_run.exit_code == 1, tiny_demo_run.stdout
-  return tiny_demo_run.root
+  root = tiny_demo_run.root
+  if not (root / "rollout" / "rollout.json").exists():
+    assert cli.main(["rollout", "--workdir", str(root / "dynamics"),
+                     "--out", str(root / "rollout")]) == 0
+  return root
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

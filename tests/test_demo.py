@@ -15,7 +15,8 @@ from jaxworld import cli, demo
 SUMMARY_KEYS = {
     *demo.SUMMARY_SCORES, "gain_over_copy_last_db", "passed", "per_step",
     "episodes", "context_frames", "horizon", "final_train_metrics",
-    "stage_seconds", "rollout_gif", "eval_dir"}
+    "stage_seconds", "rollout_gif", "eval_dir", "probe", "physics",
+    "play_command"}
 
 # Scores that clear every bar exactly (blank is the stronger baseline).
 AT_THE_BAR = {"psnr_model": 22.0, "psnr_copy_last": 19.0, "psnr_blank": 20.0,
@@ -77,17 +78,18 @@ def test_data_without_object_states_skips_position_error():
 
 @pytest.mark.parametrize("scores, word", [(AT_THE_BAR, "PASS"),
                                           ({**AT_THE_BAR, **MISSES}, "FAIL")])
-def test_the_printout_ends_in_the_verdict(tiny_demo, scores, word):
-  summary = {**_summary(tiny_demo), **scores}
-  lines = [x.strip() for x in demo.summary_lines(summary, tiny_demo)]
+def test_the_printout_ends_in_the_verdict(tiny_demo_run, scores, word):
+  summary = {**_summary(tiny_demo_run.root), **scores}
+  lines = [x.strip() for x in demo.summary_lines(summary, tiny_demo_run.root)]
   assert f"{word}:" in lines
 
 
 @pytest.mark.parametrize("passed, code", [(True, 0), (False, 1)])
-def test_the_exit_code_is_the_verdict(tiny_demo, tmp_path, monkeypatch,
+def test_the_exit_code_is_the_verdict(tiny_demo_run, tmp_path, monkeypatch,
                                       passed, code):
   # The real run exits 1 (above); a stub summary checks the passing arm
   # without training a model good enough to pass.
-  summary = {**_summary(tiny_demo), "passed": passed}
-  monkeypatch.setattr(demo, "run", lambda workdir, overrides: summary)
+  summary = {**_summary(tiny_demo_run.root), "passed": passed}
+  monkeypatch.setattr(demo, "run", lambda workdir, overrides, data: summary)
   assert cli.main(["demo", "--workdir", str(tmp_path)]) == code
+

@@ -196,5 +196,50 @@ def test_tokenizer_kind_must_fit_the_dynamics(tiny_demo, tiny_dataset,
                      f"dynamics.tokenizer_workdir={tokenizer}",
                      "--workdir", str(tmp_path / kind)]) == 2
     err = capsys.readouterr().err
-    assert f"dynamics.kind={kind!r} needs a tokenizer" in err, err
+    assert f"dynamics.kind={kind!r} models" in err, err
     assert "point dynamics.tokenizer_workdir" in err
+
+
+def test_pixel_patches_tokenizer_is_lossless_and_untrainable(tiny_dataset,
+                                                             tmp_path, capsys):
+  from jaxworld.models import tokenizer as toklib
+  cfg = tiny_config('tokenizer.kind="patches"')
+  patches = build.tokenizer(cfg, nnx.Rngs(0))
+  assert build.latent_dim(cfg) == 8 * 8 * 3
+  assert not nnx.state(patches, nnx.Param)  # nothing to train or restore
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, (2, 3, 32, 32, 3)).astype(np.uint8)
+  latents = patches.encode(toklib.to_unit_float(frames))
+  assert latents.shape == (2, 3, 16, 192)
+  assert float(jnp.min(latents)) >= -1 and float(jnp.max(latents)) <= 1
+  np.testing.assert_allclose(patches.decode(latents) * 255, frames, atol=1e-3)
+  assert cli.main(["train", "tokenizer", *TINY, 'tokenizer.kind="patches"',
+                   f"data.path={tiny_dataset}", "--workdir",
+                   str(tmp_path / "t")]) == 2
+  assert "nothing to train" in capsys.readouterr().err
+
+
+def test_diffusion_over_pixels_trains_rolls_out_and_is_probed(
+    tiny_dataset, tmp_path, capsys):
+  """No tokenizer run: the dynamics reads pixel patches; eval probes the
+  dynamics model's own state; the bundle plays like the rollout."""
+  run = tmp_path / "pixels"
+  assert cli.main(["train", "dynamics", *TINY, DIFFUSION[0],
+                   'tokenizer.kind="patches"', f"data.path={tiny_dataset}",
+                   "--workdir", str(run)]) == 0
+  assert cli.main(["eval", "--workdir", str(run), "--out",
+                   str(tmp_path / "eval"), "--episodes", "2"]) == 0
+  assert "dynamics state: position" in capsys.readouterr().out
+  result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+  assert result["psnr_tokenizer"] >= 90  # lossless: the ceiling is exact
+  state = result["probe"]["dynamics"]
+  assert np.isfinite(state["position_r2"]) and np.isfinite(
+      state["velocity_r2"])
+  assert cli.main(["export", "--workdir", str(run),
+                   "--out", str(tmp_path / "bundle")]) == 0
+  assert_bundle_plays_like_rollout(run, tmp_path / "bundle")
+  # A trained tokenizer kind still needs its run.
+  assert cli.main(["train", "dynamics", *TINY, DIFFUSION[0], DIFFUSION[1],
+                   f"data.path={tiny_dataset}", "--workdir",
+                   str(tmp_path / "none")]) == 2
+  assert "tokenizer.kind=patches (nothing to train)" in capsys.readouterr().err

@@ -13,8 +13,9 @@ On held-out episodes, from `rollout.context_frames` real frames:
     pixels), and the pixel error of object positions located in imagined
     frames against the true states, per step.
 
-Writes <out>/eval.json, horizon.png, controllability.png, position_error.png
-and TensorBoard scalars plus the rollout as an animated image under
+Writes <out>/eval.json, horizon.png, controllability.png, position_error.png,
+the rollout as rollout.gif and rollout.png (as `jaxworld rollout` does) and
+TensorBoard scalars plus the rollout as an animated image under
 <out>/tb. `rollout.*` settings may be overridden (e.g. MaskGIT steps).
 """
 
@@ -67,6 +68,7 @@ def evaluate(world: assemble.WorldModel, data_path: str | Path,
   c, h = r.context_frames, r.horizon
   episodes = pipeline.load_episodes(data_path, "eval", num_episodes)
   frames = rollout.rollout(world, episodes["frames"], episodes["actions"])
+  frames["context"] = episodes["frames"][:, :c]
   frames["random_actions"] = rollout.rollout(
       world, episodes["frames"],
       random_actions(episodes["actions"], c, cfg.dynamics.num_actions,
@@ -110,7 +112,8 @@ def evaluate(world: assemble.WorldModel, data_path: str | Path,
   available = len(stores.open_store(data_path, "train"))
   train = pipeline.load_episodes(data_path, "train",
                                  min(PROBE_TRAIN_EPISODES, available))
-  out["probe"] = probe.physics_probe(world.tokenizer, cfg, train, episodes)
+  out["probe"] = probe.physics_probe(world.tokenizer, cfg, train, episodes,
+                                     dynamics=world.dynamics)
   return out, frames
 
 
@@ -143,6 +146,7 @@ def run(workdir: str | Path, out: str | Path | None = None,
   out = Path(out or Path(workdir) / "eval")
   out.mkdir(parents=True, exist_ok=True)
   (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+  rollout.write_media(out, frames["context"], frames, cfg.rollout.context_frames)
   _plot(result, out)
   _tensorboard(result, frames, out / "tb")
   log.info("eval of %s on %d held-out episodes -> %s", workdir, n, out)
@@ -244,10 +248,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
   if "probe" not in result:
     return lines + [f"  physics: {result['physics']}"]
   p = result["probe"]
+  state = (f"dynamics state: position {p['dynamics']['position_r2']:.3f}, "
+           f"velocity {p['dynamics']['velocity_r2']:.3f} | "
+           if "dynamics" in p else "")
   return lines + [
       f"  object position error (px) model {row(s['position_error_model'])}",
       f"                          copy-last {row(s['position_error_copy_last'])}",
-      f"  probe R^2 (held-out)  latents: position "
+      f"  probe R^2 (held-out)  {state}latents: position "
       f"{p['latents']['position_r2']:.3f}, velocity "
       f"{p['latents']['velocity_r2']:.3f} | pixels: position "
       f"{p['pixels']['position_r2']:.3f}, velocity "

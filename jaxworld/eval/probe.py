@@ -16,9 +16,11 @@ E episodes, S windows of `window` frames.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -27,6 +29,7 @@ from jaxworld.config import Config
 from jaxworld.data import world
 from jaxworld.errors import JaxWorldError
 from jaxworld.eval import readout
+from jaxworld.models import build
 
 # Ridge penalties tried (on standardized features). Useful ones span decades
 # with the feature count and the sample size, so we choose on a validation
@@ -117,11 +120,44 @@ def encoder_latents(tokenizer: nnx.Module, frames_STHWC: np.ndarray
   return latents_STF.reshape(-1, latents_STF.shape[-1])
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _dynamics_features(graphdefs: tuple[Any, Any], kind: str,
+                       states: tuple[Any, Any], frames_STHWC: jax.Array,
+                       actions_ST: jax.Array) -> jax.Array:
+  tokenizer, dynamics = (nnx.merge(g, s) for g, s in zip(graphdefs, states))
+  codes = tokenizer.encode(frames_STHWC.astype(jnp.float32) / 255.0)
+  y_STND = build.kind("dynamics", kind).features(dynamics, codes, actions_ST)
+  return y_STND.reshape(*y_STND.shape[:2], -1).astype(jnp.float32)
+
+
+def dynamics_features(tokenizer: nnx.Module, dynamics: nnx.Module, kind: str,
+                      frames_STHWC: np.ndarray, actions_ST: np.ndarray
+                      ) -> np.ndarray:
+  """The dynamics model's own state per frame, [S * T, N * D], over uint8
+  windows [S, T, H, W, C] of real frames and their actions: what it knows
+  of each frame given the frames and actions up to it."""
+  (g_tok, s_tok), (g_dyn, s_dyn) = nnx.split(tokenizer), nnx.split(dynamics)
+  s = len(frames_STHWC)
+  pad = -s % _ENCODE_BATCH  # Pad to whole batches: one compiled shape.
+  frames_STHWC = np.concatenate(
+      [frames_STHWC, np.zeros((pad, *frames_STHWC.shape[1:]), np.uint8)])
+  actions_ST = np.concatenate(
+      [actions_ST, np.zeros((pad, *actions_ST.shape[1:]), actions_ST.dtype)])
+  out = [np.asarray(_dynamics_features(
+      (g_tok, g_dyn), kind, (s_tok, s_dyn),
+      jnp.asarray(frames_STHWC[i:i + _ENCODE_BATCH]),
+      jnp.asarray(actions_ST[i:i + _ENCODE_BATCH], jnp.int32)))
+         for i in range(0, s + pad, _ENCODE_BATCH)]
+  features_STF = np.concatenate(out)[:s]
+  return features_STF.reshape(-1, features_STF.shape[-1])
+
+
 def _windows(episodes: Mapping[str, np.ndarray], window: int,
              max_frames: int, split: str
-             ) -> tuple[np.ndarray, np.ndarray]:
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The first max_frames // window whole windows, episode-major: frames
-  uint8 [S, window, H, W, C] and states [S * window, K+1, 4]."""
+  uint8 [S, window, H, W, C], actions [S, window] and states
+  [S * window, K+1, 4]."""
   frames_ETHWC, states_ETK4 = episodes["frames"], episodes["states"]
   e, t = frames_ETHWC.shape[:2]
   per_episode = t // window
@@ -134,8 +170,9 @@ def _windows(episodes: Mapping[str, np.ndarray], window: int,
   cut = per_episode * window
   frames_STHWC = frames_ETHWC[:, :cut].reshape(
       e * per_episode, window, *frames_ETHWC.shape[2:])[:count]
+  actions_ST = episodes["actions"][:, :cut].reshape(-1, window)[:count]
   states_NK4 = states_ETK4[:, :cut].reshape(-1, *states_ETK4.shape[2:])
-  return frames_STHWC, states_NK4[:count * window]
+  return frames_STHWC, actions_ST, states_NK4[:count * window]
 
 
 def _targets(states_NK4: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -154,8 +191,11 @@ def physics_probe(tokenizer: nnx.Module, cfg: Config,
                   train_episodes: Mapping[str, np.ndarray],
                   test_episodes: Mapping[str, np.ndarray],
                   max_train_frames: int = 3072, max_test_frames: int = 1024,
-                  alphas: Sequence[float] = ALPHAS) -> dict[str, Any]:
-  """Linear probes of object positions and velocities, latents vs pixels.
+                  alphas: Sequence[float] = ALPHAS,
+                  dynamics: nnx.Module | None = None) -> dict[str, Any]:
+  """Linear probes of object positions and velocities: in the dynamics
+  model's own state (given `dynamics`, of kind `cfg.dynamics.kind`, over
+  real frames and actions), the tokenizer's latents and raw pixels.
 
   Episodes are dicts as `pipeline.load_episodes` returns (frames uint8
   [E, T, H, W, 3], states float32 [E, T, K+1, 4]); frames are cut into
@@ -166,17 +206,18 @@ def physics_probe(tokenizer: nnx.Module, cfg: Config,
   frame of each window has no history (as in training), so even a perfect
   encoder cannot give it a velocity: latent velocity R^2 stays below 1.
 
-  Returns {"latents": probe dict, "pixels": probe dict, "targets": names of
+  Returns {"dynamics": probe dict (given `dynamics` of a kind with
+  `features`), "latents": probe dict, "pixels": probe dict, "targets": names of
   the Y targets ("ball0_x", ..., "agent_y", "ball0_vx", ...),
   "num_train_frames", "num_test_frames", "latent_dim", "pixel_dim"}; each
   probe dict has "position_r2", "velocity_r2", and "r2_per_target" and
   "alpha_per_target" in the order of "targets" (see `probe`).
   """
   window = cfg.data.window
-  train_STHWC, train_states = _windows(train_episodes, window,
-                                       max_train_frames, "train")
-  test_STHWC, test_states = _windows(test_episodes, window, max_test_frames,
-                                     "test")
+  train_STHWC, train_actions, train_states = _windows(
+      train_episodes, window, max_train_frames, "train")
+  test_STHWC, test_actions, test_states = _windows(
+      test_episodes, window, max_test_frames, "test")
   (y_train_NY, names), (y_test_NY, _) = (_targets(train_states),
                                          _targets(test_states))
   k1 = train_states.shape[1]
@@ -185,7 +226,15 @@ def physics_probe(tokenizer: nnx.Module, cfg: Config,
   pixels = lambda f: f.reshape(-1, int(np.prod(f.shape[2:])))
   latents_train = encoder_latents(tokenizer, train_STHWC)
   latents_test = encoder_latents(tokenizer, test_STHWC)
+  out = {}
+  kind = cfg.dynamics.kind
+  if dynamics is not None and build.kind("dynamics", kind).features:
+    state = lambda f, a: dynamics_features(tokenizer, dynamics, kind, f, a)
+    out["dynamics"] = probe(state(train_STHWC, train_actions), y_train_NY,
+                            state(test_STHWC, test_actions), y_test_NY,
+                            alphas, groups)
   return {
+      **out,
       "latents": probe(latents_train, y_train_NY, latents_test, y_test_NY,
                        alphas, groups),
       "pixels": probe(pixels(train_STHWC), y_train_NY, pixels(test_STHWC),

@@ -201,7 +201,10 @@ def _check_training_inputs(cfg: configlib.Config, where: str) -> None:
                         f"dataset directory. Add \"data.path=DIR\" (made by "
                         f"`jaxworld data generate --out DIR`) to base.")
   tok = cfg.dynamics.tokenizer_workdir
-  if cfg.train.stage == "dynamics" and not (tok and Path(tok).is_dir()):
+  from jaxworld.models import build  # the registry imports the config
+  needs_run = cfg.train.stage == "dynamics" and (
+      tok or build.tokenizer_kind(cfg).trained)
+  if needs_run and not (tok and Path(tok).is_dir()):
     raise JaxWorldError(f"{where}: dynamics.tokenizer_workdir={tok!r} is not "
                         f"a run directory. Add \"dynamics.tokenizer_workdir="
                         f"RUN\" (a trained tokenizer) to base.")

@@ -98,6 +98,22 @@ def score(frames: dict[str, np.ndarray]) -> dict[str, Any]:
   return out
 
 
+def write_media(out: Path, frames_ETHWC: np.ndarray,
+                frames: dict[str, np.ndarray], context: int) -> None:
+  """rollout.gif (truth beside imagination, context then horizon) and
+  rollout.png (a strip from the last real frame on) of the first episodes
+  of `rollout`'s output `frames`, into `out`."""
+  out.mkdir(parents=True, exist_ok=True)
+  shown = slice(0, min(len(frames_ETHWC), 6))
+  context_ETHWC = frames_ETHWC[shown, :context]
+  images = media.side_by_side(
+      np.concatenate([context_ETHWC, frames["truth"][shown]], 1),
+      np.concatenate([context_ETHWC, frames["model"][shown]], 1),
+      context=context)
+  media.write_gif(out / "rollout.gif", images)
+  media.write_strip(out / "rollout.png", images[context - 1:])
+
+
 def run(workdir: str | Path, out: str | Path | None = None,
         data_path: str | None = None, num_episodes: int | None = None,
         overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -114,15 +130,7 @@ def run(workdir: str | Path, out: str | Path | None = None,
             "steps_per_frame": sampler.options_for(cfg).steps,
             **score(frames)}
   out = Path(out or Path(workdir) / "rollout")
-  out.mkdir(parents=True, exist_ok=True)
-  c = cfg.rollout.context_frames
-  shown = slice(0, min(n, 6))
-  context = episodes["frames"][shown, :c]
-  images = media.side_by_side(
-      np.concatenate([context, frames["truth"][shown]], 1),
-      np.concatenate([context, frames["model"][shown]], 1), context=c)
-  media.write_gif(out / "rollout.gif", images)
-  media.write_strip(out / "rollout.png", images[c - 1:])
+  write_media(out, episodes["frames"], frames, cfg.rollout.context_frames)
   (out / "rollout.json").write_text(json.dumps(result, indent=2) + "\n")
   log.info("rollout on %d held-out episodes: model %.2f dB, copy-last %.2f "
            "dB, blank background %.2f dB, tokenizer reconstruction %.2f dB "

@@ -28,7 +28,7 @@ from jaxworld.models.maskgit import TokenDynamics
 class ARDynamics(TokenDynamics):
   """tokens [B, T, N] + actions [B, T] -> logits [B, T, N, V]."""
 
-  def _inputs(self, tokens_BTN: jax.Array, actions_BT: jax.Array
+  def inputs(self, tokens_BTN: jax.Array, actions_BT: jax.Array
               ) -> jax.Array:
     b, t, n = tokens_BTN.shape
     flat_BL = tokens_BTN.reshape(b, t * n)
@@ -41,13 +41,13 @@ class ARDynamics(TokenDynamics):
                ) -> jax.Array:
     """Teacher-forced logits; actions[:, t] is the action taken after frame
     t (the last is unused)."""
-    return self.logits(self.backbone(self._inputs(tokens_BTN, actions_BT)))
+    return self.logits(self.backbone(self.inputs(tokens_BTN, actions_BT)))
 
   def prefill(self, history_BTN: jax.Array, actions_BT: jax.Array,
               capacity: int) -> dict[str, jax.Array]:
     """The KV cache of `capacity` >= T + 1 frames after the T history frames
     (their actions as in `__call__`)."""
-    _, cache = self.backbone.prefill(self._inputs(history_BTN, actions_BT),
+    _, cache = self.backbone.prefill(self.inputs(history_BTN, actions_BT),
                                      capacity)
     return cache
 
@@ -121,6 +121,12 @@ def next_frame(model: ARDynamics, history_BTN: jax.Array,
   return sample_frame(model, history_BTN, actions_BT, rng, options)[0]
 
 
+def features(model: ARDynamics, tokens_BTN: jax.Array,
+             actions_BT: jax.Array) -> jax.Array:
+  """The model's state [B, T, N, D] over teacher-forced frames."""
+  return model.backbone(model.inputs(tokens_BTN, actions_BT))
+
+
 KIND = build.register("dynamics", build.DynamicsKind(
     "autoregressive", build_model, loss, next_frame=next_frame,
-    tokenizer="fsq"))
+    codes="tokens", features=features))

@@ -47,7 +47,8 @@ LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
 # Modules holding the built-in kinds; each registers itself when imported.
 BUILTIN_MODULES = ("jaxworld.models.tokenizer", "jaxworld.models.lam",
                    "jaxworld.models.maskgit", "jaxworld.models.autoregressive",
-                   "jaxworld.models.diffusion")
+                   "jaxworld.models.diffusion",
+                   "jaxworld.models.frame_diffusion")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +59,32 @@ class ModelKind:
   loss: LossFn
 
 
+CODES = ("tokens", "latents")  # int32 [B, T, N] or float32 [B, T, N, E]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerKind(ModelKind):
+  """A tokenizer: frames <-> the codes dynamics models predict."""
+  codes: str = "tokens"  # one of CODES
+  # Channels E per token of "latents" codes.
+  latent_dim: Callable[[Config], int] = lambda cfg: 0
+  # False: a fixed map with no parameters (e.g. pixel patches); there is no
+  # run to train, and a dynamics run builds it from its own config.
+  trained: bool = True
+
+
 @dataclasses.dataclass(frozen=True)
 class DynamicsKind(ModelKind):
-  """A dynamics model: also imagines frames, on one tokenizer kind's codes."""
+  """A dynamics model: also imagines frames, on one kind of codes."""
   next_frame: Callable[..., jax.Array]
-  tokenizer: str = "fsq"  # the tokenizer kind whose codes it models
+  codes: str = "tokens"  # what it models: a tokenizer kind of these codes
   # Model passes per imagined frame, from the rollout settings (0: the kind
   # has no such setting, so changing another kind's does not recompile it).
   steps_per_frame: Callable[[RolloutConfig], int] = lambda r: 0
+  # (model, codes of T clean frames, actions_BT) -> [B, T, N, D]: the
+  # model's own state over them (its backbone outputs), which `jaxworld
+  # eval` probes for object positions and velocities; None: not probed.
+  features: Callable[..., jax.Array] | None = None
 
 
 _KINDS: dict[str, dict[str, ModelKind]] = {
@@ -74,8 +93,12 @@ _KINDS: dict[str, dict[str, ModelKind]] = {
 
 def register(stage: str, kind: ModelKind) -> ModelKind:
   """Adds (or replaces) a kind of `stage` (tokenizer, dynamics or lam)."""
-  if stage == "dynamics" and not isinstance(kind, DynamicsKind):
-    raise TypeError(f"dynamics kind {kind.name!r} must be a DynamicsKind")
+  wanted = {"dynamics": DynamicsKind, "tokenizer": TokenizerKind}.get(stage)
+  if wanted is not None and not isinstance(kind, wanted):
+    raise TypeError(f"{stage} kind {kind.name!r} must be a {wanted.__name__}")
+  if getattr(kind, "codes", CODES[0]) not in CODES:
+    raise ValueError(f"{stage} kind {kind.name!r}: codes={kind.codes!r}, "
+                     f"not one of {CODES}")
   _KINDS[stage][kind.name] = kind
   return kind
 
@@ -122,6 +145,17 @@ def dynamics_kind(cfg: Config) -> DynamicsKind:
   return stage_kind(cfg, "dynamics")  # type: ignore[return-value]
 
 
+def tokenizer_kind(cfg: Config) -> TokenizerKind:
+  return stage_kind(cfg, "tokenizer")  # type: ignore[return-value]
+
+
+def tokenizer_kinds(codes: str) -> list[str]:
+  """The registered tokenizer kinds that give `codes`."""
+  kind("tokenizer", "fsq")  # imports the built-in kinds
+  return sorted(k.name for k in _KINDS["tokenizer"].values()
+                if k.codes == codes)
+
+
 def for_stage(cfg: Config, stage: str, seed: int) -> nnx.Module:
   return stage_kind(cfg, stage).build(cfg, nnx.Rngs(params=seed))
 
@@ -153,6 +187,11 @@ def backbone(b: BackboneConfig) -> dict[str, Any]:
 def num_tokens(cfg: Config) -> int:
   """Tokens per frame N."""
   return (cfg.world.image_size // cfg.tokenizer.patch_size) ** 2
+
+
+def latent_dim(cfg: Config) -> int:
+  """Channels E per token of a "latents" tokenizer."""
+  return tokenizer_kind(cfg).latent_dim(cfg)
 
 
 def codebook_size(cfg: Config) -> int:

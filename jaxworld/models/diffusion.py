@@ -31,6 +31,13 @@ from jaxworld.models.st_transformer import (STTransformer, action_into_frame,
 _LEVEL_FEATURES = 16  # sin/cos pairs: frequencies 1..2^7 of the level
 
 
+def level_features(level_BT: jax.Array) -> jax.Array:
+  """Fourier features [B, T, S] of noise levels in [0, 1]."""
+  freqs_F = np.pi * 2.0 ** np.arange(_LEVEL_FEATURES // 2, dtype=np.float32)
+  angle_BTF = level_BT[..., None] * freqs_F[None, None]
+  return jnp.concatenate([jnp.sin(angle_BTF), jnp.cos(angle_BTF)], -1)
+
+
 class DiffusionDynamics(nnx.Module):
   """noisy latents [B, T, N, E] + levels [B, T] + actions [B, T] -> clean
   latents [B, T, N, E]."""
@@ -51,21 +58,24 @@ class DiffusionDynamics(nnx.Module):
   def __call__(self, noisy_BTNE: jax.Array, level_BT: jax.Array,
                actions_BT: jax.Array) -> jax.Array:
     """actions[:, t] is the action taken after frame t (the last is unused)."""
-    freqs_F = np.pi * 2.0 ** np.arange(_LEVEL_FEATURES // 2, dtype=np.float32)
-    angle_BTF = level_BT[..., None] * freqs_F[None, None]
-    level_BTD = self.level_in(jnp.concatenate(
-        [jnp.sin(angle_BTF), jnp.cos(angle_BTF)], -1))
-    prev_actions_BT = action_into_frame(actions_BT, self.no_action)
-    cond_BTD = level_BTD + self.action_embed(prev_actions_BT)
-    x_BTND = self.latent_in(noisy_BTNE) + cond_BTD[:, :, None]
-    out_BTNE = self.head(self.backbone(x_BTND)).astype(jnp.float32)
+    y_BTND = self.hidden(noisy_BTNE, level_BT, actions_BT)
+    out_BTNE = self.head(y_BTND).astype(jnp.float32)
     # Skip connection weighted by how much signal the input still holds: at
     # level 0 the answer is the input, at level 1 all of it is predicted.
     return (1.0 - level_BT)[..., None, None] * noisy_BTNE + out_BTNE
 
+  def hidden(self, noisy_BTNE: jax.Array, level_BT: jax.Array,
+             actions_BT: jax.Array) -> jax.Array:
+    """The backbone's output [B, T, N, D]: the model's state."""
+    level_BTD = self.level_in(level_features(level_BT))
+    prev_actions_BT = action_into_frame(actions_BT, self.no_action)
+    cond_BTD = level_BTD + self.action_embed(prev_actions_BT)
+    x_BTND = self.latent_in(noisy_BTNE) + cond_BTD[:, :, None]
+    return self.backbone(x_BTND)
+
 
 def build_model(cfg: Config, rngs: nnx.Rngs) -> DiffusionDynamics:
-  return DiffusionDynamics(rngs, latent_dim=cfg.tokenizer.latent_dim,
+  return DiffusionDynamics(rngs, latent_dim=build.latent_dim(cfg),
                            **build.dynamics_sizes(cfg))
 
 
@@ -122,6 +132,14 @@ def next_frame(model: DiffusionDynamics, history_BTNE: jax.Array,
   return z_BNE
 
 
+def features(model: DiffusionDynamics, latents_BTNE: jax.Array,
+             actions_BT: jax.Array) -> jax.Array:
+  """The model's state [B, T, N, D] over clean frames (level 0)."""
+  level_BT = jnp.zeros(latents_BTNE.shape[:2], jnp.float32)
+  return model.hidden(latents_BTNE, level_BT, actions_BT)
+
+
 KIND = build.register("dynamics", build.DynamicsKind(
     "diffusion", build_model, loss, next_frame=next_frame,
-    tokenizer="continuous", steps_per_frame=lambda r: r.diffusion_steps))
+    codes="latents", steps_per_frame=lambda r: r.diffusion_steps,
+    features=features))

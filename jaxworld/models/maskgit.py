@@ -178,6 +178,12 @@ def next_frame(model: MaskGITDynamics, history_BTN: jax.Array,
   return frame_BN
 
 
+def features(model: TokenDynamics, tokens_BTN: jax.Array,
+             actions_BT: jax.Array) -> jax.Array:
+  """The model's state [B, T, N, D] over clean (unmasked) frames."""
+  return model.backbone(model.embed(tokens_BTN, actions_BT))
+
+
 KIND = build.register("dynamics", build.DynamicsKind(
-    "maskgit", build_model, loss, next_frame=next_frame, tokenizer="fsq",
-    steps_per_frame=lambda r: r.maskgit_steps))
+    "maskgit", build_model, loss, next_frame=next_frame, codes="tokens",
+    steps_per_frame=lambda r: r.maskgit_steps, features=features))

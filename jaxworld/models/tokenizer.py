@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxworld.config import Config
+from jaxworld.errors import JaxWorldError
 from jaxworld.models import build
 from jaxworld.models.st_transformer import STTransformer, dense
 
@@ -213,9 +214,63 @@ def loss(model: VideoTokenizer, batch: build.Batch, rng: jax.Array
   return mse, {"mse": mse, "psnr": psnr_from_mse(mse), **aux}
 
 
+class PixelPatches(nnx.Module):
+  """The identity tokenizer (`tokenizer.kind="patches"`): a frame's latents
+  are its own pixels, patch by patch, scaled to [-1, 1]: [B, T, N, p*p*C].
+
+  Nothing to train and nothing lost: dynamics over these latents model
+  pixels (as DIAMOND does), so no reconstruction ceiling caps them, a static
+  background stays exact, and a small object is not blurred away by a
+  bottleneck. The cost is wide tokens (192 channels at 8x8 RGB), which the
+  dynamics model's input and output projections absorb.
+  """
+
+  def __init__(self, *, image_size: int, patch_size: int, channels: int = 3):
+    self.image_size, self.patch_size = image_size, patch_size
+    self.num_tokens = (image_size // patch_size) ** 2
+    self.latent_dim = patch_size * patch_size * channels
+
+  def latents(self, frames_BTHWC: jax.Array) -> jax.Array:
+    return patchify(frames_BTHWC.astype(jnp.float32), self.patch_size) * 2 - 1
+
+  def encode(self, frames_BTHWC: jax.Array) -> jax.Array:
+    """Frames in [0, 1] -> latents [B, T, N, E] in [-1, 1]."""
+    return self.latents(frames_BTHWC)
+
+  def decode(self, latents_BTNE: jax.Array) -> jax.Array:
+    """Latents [B, T, N, E] -> frames in [0, 1] (clipped)."""
+    frames_BTHWC = unpatchify((latents_BTNE.astype(jnp.float32) + 1) / 2,
+                              self.patch_size, self.image_size,
+                              self.image_size)
+    return jnp.clip(frames_BTHWC, 0.0, 1.0)
+
+  def __call__(self, frames_BTHWC: jax.Array
+               ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+    latents_BTNE = self.encode(frames_BTHWC)
+    return self.decode(latents_BTNE), latents_BTNE, {}
+
+
+def build_patches(cfg: Config, rngs: nnx.Rngs) -> PixelPatches:
+  del rngs
+  return PixelPatches(image_size=cfg.world.image_size,
+                      patch_size=cfg.tokenizer.patch_size)
+
+
+def _untrainable(model, batch, rng):
+  raise JaxWorldError(
+      "tokenizer.kind=\"patches\" has no parameters, so there is nothing to "
+      "train. Use it directly: train the dynamics with tokenizer.kind=patches "
+      "and no dynamics.tokenizer_workdir (configs/dynamics_pixels.toml).")
+
+
 # Discrete tokens (for maskgit / autoregressive dynamics) and continuous
-# latents (for diffusion dynamics): one model, two bottlenecks.
-FSQ_KIND = build.register("tokenizer", build.ModelKind("fsq", build_fsq,
-                                                       loss))
-CONTINUOUS_KIND = build.register("tokenizer", build.ModelKind(
-    "continuous", build_continuous, loss))
+# latents (for diffusion dynamics): one model, two bottlenecks; and pixel
+# patches, no model at all.
+FSQ_KIND = build.register("tokenizer", build.TokenizerKind(
+    "fsq", build_fsq, loss, codes="tokens"))
+CONTINUOUS_KIND = build.register("tokenizer", build.TokenizerKind(
+    "continuous", build_continuous, loss, codes="latents",
+    latent_dim=lambda cfg: cfg.tokenizer.latent_dim))
+PATCHES_KIND = build.register("tokenizer", build.TokenizerKind(
+    "patches", build_patches, _untrainable, codes="latents",
+    latent_dim=lambda cfg: 3 * cfg.tokenizer.patch_size ** 2, trained=False))

@@ -56,31 +56,51 @@ def _check_same(cfg: Config, other: Config, run_dir: str, what: str) -> None:
           f"{what} for this setting.")
 
 
+def _check_codes(cfg: Config, tokenizer_kind: str, where: str) -> None:
+  """The tokenizer's codes are those the dynamics kind models."""
+  codes = build.dynamics_kind(cfg).codes
+  if build.kind("tokenizer", tokenizer_kind).codes == codes:
+    return
+  options = build.tokenizer_kinds(codes)
+  raise JaxWorldError(
+      f"dynamics.kind={cfg.dynamics.kind!r} models {codes}, but the "
+      f"tokenizer of {where} (tokenizer.kind={tokenizer_kind!r}) gives "
+      f"{build.kind('tokenizer', tokenizer_kind).codes}. Use a tokenizer of "
+      f"kind {' or '.join(options)}: train one with `jaxworld train "
+      f"tokenizer tokenizer.kind={options[0]}` (configs/"
+      f"tokenizer_continuous.toml for continuous) and point "
+      f"dynamics.tokenizer_workdir at it"
+      + ("" if all(build.kind("tokenizer", k).trained for k in options)
+         else ", or set tokenizer.kind=patches with no tokenizer_workdir")
+      + ".")
+
+
 def pin_frozen_runs(cfg: Config, workdir: Path, resume: bool) -> Config:
   """A dynamics run's config with its tokenizer's (and LAM's) sections and
   pinned checkpoint steps; other stages unchanged."""
   if cfg.train.stage != "dynamics":
     return cfg
   tok_dir = cfg.dynamics.tokenizer_workdir
+  codes = build.dynamics_kind(cfg).codes
   if not tok_dir:
-    raise JaxWorldError("The dynamics stage needs a trained tokenizer: set "
-                        "dynamics.tokenizer_workdir=<tokenizer run workdir>.")
-  tok_cfg = checkpoint.read_config(tok_dir)
-  _check_same(cfg, tok_cfg, tok_dir, "tokenizer")
-  wanted = build.dynamics_kind(cfg).tokenizer
-  if tok_cfg.tokenizer.kind != wanted:
-    raise JaxWorldError(
-        f"dynamics.kind={cfg.dynamics.kind!r} needs a tokenizer with "
-        f"tokenizer.kind={wanted!r}, but {tok_dir} has "
-        f"{tok_cfg.tokenizer.kind!r}. Train one with `jaxworld train "
-        f"tokenizer tokenizer.kind={wanted}` (or configs/"
-        f"tokenizer_continuous.toml for continuous) and point "
-        f"dynamics.tokenizer_workdir at it.")
-  step = _pinned_step(workdir, resume, "tokenizer_step",
-                      cfg.dynamics.tokenizer_step, tok_dir, "tokenizer")
-  cfg = dataclasses.replace(
-      cfg, tokenizer=tok_cfg.tokenizer,
-      dynamics=dataclasses.replace(cfg.dynamics, tokenizer_step=step))
+    if build.tokenizer_kind(cfg).trained:
+      untrained = [k for k in build.tokenizer_kinds(codes)
+                   if not build.kind("tokenizer", k).trained]
+      raise JaxWorldError(
+          "The dynamics stage needs a trained tokenizer: set "
+          "dynamics.tokenizer_workdir=<tokenizer run workdir>"
+          + (f", or use tokenizer.kind={untrained[0]} (nothing to train)"
+             if untrained else "") + ".")
+    _check_codes(cfg, cfg.tokenizer.kind, "this config")
+  else:
+    tok_cfg = checkpoint.read_config(tok_dir)
+    _check_same(cfg, tok_cfg, tok_dir, "tokenizer")
+    _check_codes(cfg, tok_cfg.tokenizer.kind, tok_dir)
+    step = _pinned_step(workdir, resume, "tokenizer_step",
+                        cfg.dynamics.tokenizer_step, tok_dir, "tokenizer")
+    cfg = dataclasses.replace(
+        cfg, tokenizer=tok_cfg.tokenizer,
+        dynamics=dataclasses.replace(cfg.dynamics, tokenizer_step=step))
   if cfg.dynamics.actions != "latent":
     return cfg
   lam_dir = cfg.dynamics.lam_workdir
@@ -111,6 +131,8 @@ def restore(cfg: Config, stage: str, run_dir: str | Path, step: int,
   `mesh` as the rules say."""
   graphdef, abstract = nnx.split(nnx.eval_shape(
       lambda: build.for_stage(cfg, stage, 0)))
+  if stage == "tokenizer" and not build.tokenizer_kind(cfg).trained:
+    return graphdef, abstract  # nothing to restore: no parameters
   shardings = sharding.param_shardings(abstract, mesh, cfg.mesh.rules)
   state = checkpoint.restore_model(run_dir, abstract, shardings, step)
   log.info("loaded %s from %s (step %d)", stage, run_dir, step)

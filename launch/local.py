@@ -21,10 +21,6 @@ import sys
 import time
 
 
-# Simulated CPU devices run collectives in program order: the concurrent
-# scheduler can deadlock them when devices outnumber cores.
-_SEQUENTIAL = " --xla_cpu_enable_concurrency_optimized_scheduler=false"
-
 
 def _free_port() -> int:
   with socket.socket() as s:
@@ -34,13 +30,18 @@ def _free_port() -> int:
 
 def process_env(index: int, count: int, address: str,
                 devices_per_process: int) -> dict[str, str]:
-  """The environment of process `index` of `count` on this machine."""
+  """The environment of process `index` of `count` on this machine.
+
+  XLA's default CPU scheduler is kept: the sequential one, which tests use
+  for many devices in one process, makes gloo runs abort at some model
+  widths (see jaxworld/parallel/distributed.py).
+  """
   return dict(os.environ, JAX_COORDINATOR_ADDRESS=address,
               JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(index),
               JAX_PLATFORMS="cpu",
               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
                          f" --xla_force_host_platform_device_count="
-                         f"{devices_per_process}" + _SEQUENTIAL).strip())
+                         f"{devices_per_process}").strip())
 
 
 def free_address() -> str:

@@ -13,7 +13,9 @@ worker processes give the same batches in the same order.
 Batches are numpy dicts: `frames` uint8 [B, T, H, W, 3], `actions` int32
 [B, T], B the per-process batch and T `data.window`; with
 `data.bad_records=skip` also `skipped` int32 [B], the damaged records passed
-over to fill each row. Frames stay uint8 until they are on device (4x less
+over to fill each row; `record` int32 [B, 2] names each row's episode as
+(dataset, episode index in its train split), so that a bad batch can be
+traced to its records. Frames stay uint8 until they are on device (4x less
 host-to-device traffic).
 """
 
@@ -51,12 +53,14 @@ class ReadWindow(grain.transforms.RandomMap):
 
   With `skip`, a damaged record is passed over for the next one (the same
   one on every run, so the stream stays deterministic) and counted in the
-  element's `skipped`.
+  element's `skipped`. `record` is (component, episode): `component` is the
+  dataset's position in data.mixture (0 for data.path).
   """
 
   def __init__(self, store: stores.ArrayRecordStore | stores.ZarrStore,
-               window: int, skip: bool):
+               window: int, skip: bool, component: int = 0):
     self.store, self.window, self.skip = store, window, skip
+    self.component = component
 
   def random_map(self, index: int, rng: np.random.Generator
                  ) -> dict[str, np.ndarray]:
@@ -74,6 +78,8 @@ class ReadWindow(grain.transforms.RandomMap):
                                 f"dataset is damaged; re-ingest it.")
     if self.skip:
       out["skipped"] = np.int32(attempt)
+    out["record"] = np.array([self.component, (index + attempt) % n],
+                             np.int32)
     return out
 
 
@@ -87,7 +93,8 @@ def _windows(cfg: DataConfig, root: str | Path, component: int
       [cfg.shuffle_seed, component]).generate_state(1)[0])
   return (grain.MapDataset.range(len(store)).seed(seed).shuffle()
           .repeat(None)
-          .random_map(ReadWindow(store, cfg.window, cfg.bad_records == "skip")))
+          .random_map(ReadWindow(store, cfg.window, cfg.bad_records == "skip",
+                                 component)))
 
 
 def train_dataset(cfg: DataConfig, root: str | Path | None, batch_size: int,

@@ -8,7 +8,22 @@ import os
 
 import jax
 
+from jaxworld.errors import JaxWorldError
+
 log = logging.getLogger(__name__)
+
+# XLA:CPU's sequential HLO scheduler, with gloo, can make the devices of one
+# job run the collectives of one step in different orders: a layer loop
+# (nnx.scan) that all-gathers inside its body runs concurrently with an
+# independent all-gather outside it, each device interleaves them its own
+# way, and since every gloo collective uses the same tag, a device receives
+# another collective's bytes and gloo aborts the process in C++
+# ("op.preamble.length <= op.nbytes ... collective mismatch"). Traced per
+# device (collective op ids) for tokenizer width 32 / 4 heads on 2 x 4 CPU
+# devices; XLA's default (concurrency-optimised) scheduler orders them
+# alike on every device. So multi-process CPU runs must not select the
+# sequential scheduler (in-process collectives, one process, may).
+SEQUENTIAL_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 
 # A dead process is noticed by the others after this many seconds without
 # its heartbeat; they then stop with an error naming it (JAX's default, 100 s,
@@ -31,6 +46,7 @@ def maybe_initialize_distributed() -> None:
   if "JAX_COORDINATOR_ADDRESS" in os.environ:
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
       # CPU processes exchange data through gloo (TCP), e.g. on a laptop.
+      check_gloo_flags(os.environ.get("XLA_FLAGS", ""))
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
@@ -42,6 +58,19 @@ def maybe_initialize_distributed() -> None:
     return
   log.info("joined distributed job: process %d of %d",
            jax.process_index(), jax.process_count())
+
+
+def check_gloo_flags(xla_flags: str) -> None:
+  """Refuses XLA flags known to abort multi-process CPU (gloo) runs."""
+  if SEQUENTIAL_SCHEDULER_FLAG in xla_flags.split():
+    raise JaxWorldError(
+        f"XLA_FLAGS holds {SEQUENTIAL_SCHEDULER_FLAG}, which on several CPU "
+        f"processes (gloo collectives) can order one step's collectives "
+        f"differently on different devices and abort every process in C++ "
+        f"(gloo 'collective mismatch'; seen at tokenizer width 32 with 4 "
+        f"heads). Remove it from XLA_FLAGS for multi-process runs "
+        f"(launch/local.py sets the flags it needs); it is only needed for "
+        f"many simulated devices in one process.")
 
 
 def lost_peer_message(error: BaseException) -> str | None:

@@ -29,11 +29,13 @@ log = logging.getLogger(__name__)
 # new length from the resumed step on. data.num_workers may not change: the
 # iterator state of worker processes is per worker. The mesh may change
 # (checkpoints restore into any layout): the global batch, and so the data
-# stream, stays the same.
+# stream, stays the same. train.nan_policy may change: a run stopped by a
+# NaN can continue with nan_policy=skip.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.keep_every",
-                     "train.init_from", "train.init_step", "data.prefetch",
-                     "data.path", "mesh.")
+                     "train.init_from", "train.init_step",
+                     "train.nan_policy", "data.prefetch", "data.path",
+                     "mesh.")
 
 
 def check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:

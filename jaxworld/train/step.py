@@ -71,6 +71,7 @@ class CompiledStep:
   init: Any      # () -> state, created directly in its sharded layout
   step: Any      # (state, frozen_state, batch) -> (state, metrics)
   memory: str    # compiled memory summary, for the log
+  replicated: Any  # sharding of the step's scalar outputs (and the health)
 
 
 def abstract_state(cfg: Config, stage: str) -> tuple[Any, nnx.State]:
@@ -110,6 +111,9 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
     return nnx.state(TrainState(build.for_stage(cfg, stage, seed), tx))
 
   def step(state: nnx.State, frozen_state: Any, batch: dict[str, jax.Array]):
+    # The values before the update, apart: the merged graph's Variables are
+    # updated in place, and `state` may hold those same Variables.
+    before = jax.tree.map(lambda x: x, state)
     ts = nnx.merge(graphdef, state)
     count = ts.optimizer.step[...]
     # Randomness (masks) is a pure function of seed and step: a resumed run
@@ -123,10 +127,17 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
       return kind_loss(model, batch, rng)
 
     (loss, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(ts.model)
+    grad_norm = optax.tree.norm(grads)
+    # A NaN/Inf loss or gradient never reaches the parameters or moments:
+    # the update is selected away on device (no per-step host sync); the
+    # loop reads `finite` and applies train.nan_policy.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     ts.optimizer.update(ts.model, grads)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": lr(count)}
-    return nnx.state(ts), metrics
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             nnx.state(ts), before)
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm,
+               "learning_rate": lr(count), "finite": finite}
+    return new_state, metrics
 
   frozen_abstract = frozen.state if frozen is not None else None
   frozen_sh = (sharding.param_shardings(frozen.state, mesh, cfg.mesh.rules)
@@ -138,7 +149,28 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
   with activations.use_rules(mesh, cfg.mesh.rules):  # traced under the rules
     compiled = step_jit.lower(abstract, frozen_abstract, batch).compile()
   return CompiledStep(graphdef, state_sh, batch_sh, init_jit, compiled,
-                      _memory_summary(compiled))
+                      _memory_summary(compiled), replicated)
+
+
+def new_health(start: int, replicated: Any) -> dict[str, jax.Array]:
+  """On-device record of non-finite steps since `start`: `step` (the last
+  step counted), `nonfinite` (how many), `first` (the first one; -1: none).
+  Kept on device so that the loop syncs only at log and save steps."""
+  with jax.transfer_guard_host_to_device("allow"):
+    return jax.device_put({"step": np.int32(start), "nonfinite": np.int32(0),
+                           "first": np.int32(-1)}, replicated)
+
+
+@jax.jit
+def track_health(health: dict[str, jax.Array], finite: jax.Array
+                 ) -> dict[str, jax.Array]:
+  """Counts one more step; `finite` is the step's metrics["finite"]."""
+  step = health["step"] + 1
+  bad = jnp.logical_not(finite)
+  return {"step": step,
+          "nonfinite": health["nonfinite"] + bad.astype(jnp.int32),
+          "first": jnp.where(bad & (health["first"] < 0), step,
+                             health["first"])}
 
 
 def _memory_summary(compiled: Any) -> str:

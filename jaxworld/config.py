@@ -217,6 +217,14 @@ class TrainConfig:
                          "optimizer starts fresh).")
   init_step: int = field(0, "Checkpoint step of train.init_from (0: its "
                          "latest).")
+  nan_policy: Literal["stop", "skip"] = field(
+      "stop", "A step whose loss or gradients are NaN/Inf never updates the "
+      "model; stop: the run then stops, naming the step, its batch's records "
+      "and the last good checkpoint; skip: training goes on and the skipped "
+      "updates are counted (metric skipped_updates).")
+  preview_episodes: int = field(2, "Dynamics runs: held-out episodes shown "
+                                "truth beside imagination in TensorBoard at "
+                                "each checkpoint (train/preview.py); 0: off.")
 
 
 @dataclasses.dataclass(frozen=True)

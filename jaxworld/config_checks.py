@@ -43,10 +43,11 @@ def validate(cfg: Config) -> None:
   for key, value in positive.items():
     check(value > 0, f"{key}={value} must be positive.")
   check(min(d.num_workers, t.warmup_steps, cfg.rollout.temperature,
-            cfg.dynamics.tokenizer_step, t.keep_every, t.init_step) >= 0,
+            cfg.dynamics.tokenizer_step, t.keep_every, t.init_step,
+            t.preview_episodes) >= 0,
         "data.num_workers, train.warmup_steps, rollout.temperature, "
-        "dynamics.tokenizer_step, train.keep_every and train.init_step must "
-        "be >= 0.")
+        "dynamics.tokenizer_step, train.keep_every, train.init_step and "
+        "train.preview_episodes must be >= 0.")
   check(cfg.tokenizer.latent_dim >= 1, "tokenizer.latent_dim must be >= 1.")
   for entry in d.mixture:
     check(isinstance(entry, tuple) and len(entry) == 2 and

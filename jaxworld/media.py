@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,15 @@ def side_by_side(truth_ETHWC: np.ndarray, pred_ETHWC: np.ndarray,
 
 def write_gif(path: str | Path, images: list[Image.Image],
               frame_ms: int = 250) -> None:
-  images[0].save(path, save_all=True, append_images=images[1:],
+  Path(path).write_bytes(gif_bytes(images, frame_ms))
+
+
+def gif_bytes(images: list[Image.Image], frame_ms: int = 250) -> bytes:
+  """An animated GIF of `images`, looping, as file contents."""
+  out = io.BytesIO()
+  images[0].save(out, format="GIF", save_all=True, append_images=images[1:],
                  duration=frame_ms, loop=0)
+  return out.getvalue()
 
 
 def write_strip(path: str | Path, images: list[Image.Image]) -> None:

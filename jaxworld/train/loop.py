@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxworld import config as configlib
@@ -24,7 +24,7 @@ from jaxworld.errors import JaxWorldError
 from jaxworld.parallel import batch as batchlib, distributed
 from jaxworld.parallel import mesh as meshlib
 from jaxworld.runs import assemble, checkpoint
-from jaxworld.train import metrics, preemption, setup
+from jaxworld.train import metrics, preemption, preview, setup
 from jaxworld.train import step as steplib
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,12 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
   # out at log steps): a hidden one would stall every step.
   skip = cfg.data.bad_records == "skip"
   skipped = 0  # damaged records this process passed over (data.bad_records)
+  # Non-finite steps are counted on device; read at log and save steps.
+  health = steplib.new_health(start, compiled.replicated)
+  reported_nonfinite = 0
+  # This process's batch records of each step since the last check, to name
+  # the records of a non-finite step.
+  records_by_step: dict[int, np.ndarray] = {}
   # Seconds spent waiting for the loader since the last log: the loader
   # starves the step when this is a large part of the interval.
   waited, interval_start = 0.0, time.perf_counter()
@@ -124,31 +130,35 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
       waited += time.perf_counter() - wait_start
       if skip:
         skipped += int(host_batch.pop("skipped").sum())
+      done = i + 1
+      records_by_step[done] = host_batch.pop("record")
       batch = steplib.device_batch(host_batch, compiled.batch_shardings)
       state, step_metrics = compiled.step(state, frozen_state, batch)
-      done = i + 1
+      health = steplib.track_health(health, step_metrics.pop("finite"))
       if i == start:
         jax.block_until_ready(step_metrics)
         logger.start_clock(done)
       stopping = stop.reached(done)
       log_now = done % t.log_every == 0 or done == t.steps or stopping
       save_now = done % t.checkpoint_every == 0 or done == t.steps or stopping
+      if log_now or save_now:  # before any save: never checkpoint past a NaN
+        nonfinite = _check_health(cfg, health, records_by_step, ckpts,
+                                  reported_nonfinite)
+        reported_nonfinite = nonfinite
+        records_by_step.clear()
       if log_now:
         now = time.perf_counter()
         extra = {"input_wait": waited / max(now - interval_start, 1e-9)}
         if skip:
           extra["skipped_records"] = skipped
+        if t.nan_policy == "skip":
+          extra["skipped_updates"] = nonfinite
         last = logger.write(done, {**step_metrics, **extra})
         waited, interval_start = 0.0, now
-      if log_now or save_now:  # never checkpoint a diverged state
-        loss = float(jax.device_get(step_metrics["loss"]))
-        if not math.isfinite(loss):
-          raise JaxWorldError(
-              f"The {t.stage} loss became {loss} at step {done}. Lower "
-              f"train.learning_rate (now {t.learning_rate}) or "
-              f"train.grad_clip, or raise train.warmup_steps.")
       if save_now:
         ckpts.save(done, state, data, cfg)
+        preview.at_checkpoint(cfg, compiled.graphdef, state, frozen, logger,
+                              done, stopping)
       if skip and skipped and done == t.steps:
         log.warning("skipped %d damaged records (data.bad_records=skip; "
                     "counted in this process since it started)", skipped)
@@ -158,3 +168,52 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
                     stop.signal_name, done, t.steps)
         return last, done
   return last, None
+
+
+def _check_health(cfg: Config, health: dict[str, jax.Array],
+                  records_by_step: dict[int, np.ndarray],
+                  ckpts: checkpoint.Checkpoints, reported: int) -> int:
+  """Applies train.nan_policy to the steps since the last check; returns
+  the non-finite steps since the run (re)started (`reported`: at the last
+  check).
+
+  The step itself never applied a non-finite update (step.py), so the state
+  in memory and every checkpoint are clean; with nan_policy=stop the run
+  stops here, before anything later is saved.
+  """
+  t = cfg.train
+  counts = {k: int(v) for k, v in jax.device_get(health).items()}
+  nonfinite, first = counts["nonfinite"], counts["first"]
+  if nonfinite == reported:
+    return nonfinite
+  records = records_by_step.get(first)
+  where = (_describe_records(cfg, records) if records is not None else
+           "records not kept (an earlier interval)")
+  if t.nan_policy == "skip":
+    log.warning("skipped %d non-finite updates since the start (first at "
+                "step %d, %s; train.nan_policy=skip)", nonfinite, first, where)
+    return nonfinite
+  ckpts.wait()
+  last_good = ckpts.latest_step()
+  saved = (f"The last good checkpoint is step {last_good} "
+           f"({ckpts.directory / str(last_good)}); nothing after step "
+           f"{first - 1} was saved." if last_good is not None else
+           "No checkpoint was saved before it.")
+  raise JaxWorldError(
+      f"The {t.stage} loss or gradients became NaN/Inf at step {first} "
+      f"(batch of this process: {where}); that update was not applied. "
+      f"{saved} Lower train.learning_rate (now {t.learning_rate}) or "
+      f"train.grad_clip, or raise train.warmup_steps; check those records "
+      f"with `jaxworld data inspect`; or resume with --resume "
+      f"train.nan_policy=skip to skip such updates (they are counted).")
+
+
+def _describe_records(cfg: Config, records_B2: np.ndarray) -> str:
+  """'train episodes [3, 17] of runs/data' for a batch's (dataset, episode)
+  record ids."""
+  paths = [path for path, _ in pipeline.dataset_weights(cfg.data)]
+  parts = []
+  for component in sorted(set(records_B2[:, 0].tolist())):
+    episodes = records_B2[records_B2[:, 0] == component, 1].tolist()
+    parts.append(f"train episodes {episodes} of {paths[component]}")
+  return "; ".join(parts)

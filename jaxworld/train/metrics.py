@@ -78,6 +78,12 @@ class MetricLogger:
     self._tb.flush()
     return values
 
+  @property
+  def tensorboard(self) -> Any:
+    """The run's tensorboardX SummaryWriter (None off process 0), for what
+    is not a scalar: train/preview.py's images."""
+    return self._tb
+
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()

@@ -1,6 +1,6 @@
 """The `jaxworld` command.
 
-    jaxworld demo [--workdir runs/demo] [overrides...]
+    jaxworld demo [--workdir runs/demo] [--data DIR] [overrides...]
     jaxworld data generate [CONFIG] --out DIR [overrides...] [--overwrite]
     jaxworld data inspect PATH [--out DIR]
     jaxworld train CONFIG --workdir DIR [overrides...] [--resume]
@@ -8,6 +8,7 @@
     jaxworld eval --workdir DIR [rollout overrides...] [--out DIR]
     jaxworld sweep FILE [--out DIR] [--parallel N]
     jaxworld export --workdir DIR [--out BUNDLE] [--dtype bfloat16]
+    jaxworld play RUN_OR_BUNDLE [rollout overrides...] [--port N] [--host H]
     jaxworld ckpt list|show --workdir DIR [--step N]
     jaxworld config [CONFIG] [overrides...] [--fields]
 
@@ -35,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
   demo = sub.add_parser("demo", help="Run the whole method on the embedded "
                         "world and report held-out rollout PSNR.")
   demo.add_argument("--workdir", default="runs/demo")
+  demo.add_argument("--data", default=None, help="A dataset made by "
+                    "`jaxworld data ingest` to run the demo's recipe on "
+                    "instead of the embedded world (frame size, actions and "
+                    "episode length from its dataset.json).")
   demo.add_argument("overrides", nargs="*", help="section.key=value")
 
   data = sub.add_parser("data", help="Datasets of episode records.")
@@ -140,6 +145,25 @@ def _parser() -> argparse.ArgumentParser:
   export.add_argument("--dtype", choices=("float32", "bfloat16"),
                       default="float32", help="Parameter dtype.")
 
+  play = sub.add_parser("play", help="Drive a trained world model from a "
+                        "browser, live: serves a page on 127.0.0.1.")
+  play.add_argument("source", metavar="RUN_OR_BUNDLE", help="A dynamics "
+                    "run, a `jaxworld demo` directory or an export bundle.")
+  play.add_argument("overrides", nargs="*", help="rollout.key=value (a "
+                    "bundle: rollout.temperature, rollout.seed only)")
+  play.add_argument("--port", type=int, default=8765,  # server.DEFAULT_PORT
+                    help="0: any free port.")
+  play.add_argument("--host", default="127.0.0.1", help="Other than "
+                    "loopback, anyone who can reach it can drive the model.")
+  play.add_argument("--episodes", type=int, default=16,
+                    help="Held-out episodes to start from.")
+  play.add_argument("--data", default=None, help="Dataset to take them "
+                    "from (default: the run's, or the bundle's samples).")
+  play.add_argument("--fps", type=float, default=30.0, help="Frames/s of a "
+                    "running session at most (0: as fast as the model).")
+  play.add_argument("--max-sessions", type=int, default=4,
+                    help="Pages served at once.")
+
   cfg = sub.add_parser("config", help="Print a resolved config, or every "
                        "field with its meaning.")
   cfg.add_argument("config", nargs="?", default=None)
@@ -205,7 +229,7 @@ def _run(args: argparse.Namespace, configlib) -> int:
   from jaxworld.errors import JaxWorldError
   if args.command == "demo":
     from jaxworld import demo
-    summary = demo.run(args.workdir, args.overrides)
+    summary = demo.run(args.workdir, args.overrides, data=args.data)
     if summary.get("stopped_at"):
       return _stopped_status(summary, "Run the same demo command again to "
                              "continue where it stopped.")
@@ -270,6 +294,11 @@ def _run(args: argparse.Namespace, configlib) -> int:
     from jaxworld.infer import export
     print(export.export_run(args.workdir, args.out, args.dtype))
     return 0
+  if args.command == "play":
+    from jaxworld.play import server
+    return server.serve(args.source, args.host, args.port, args.episodes,
+                        args.data, args.overrides, server.Limits(
+                            max_sessions=args.max_sessions, max_fps=args.fps))
   raise AssertionError(args.command)
 
 

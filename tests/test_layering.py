@@ -23,6 +23,8 @@ RULES = [
     ("runs", ("jaxworld.train", "jaxworld.infer", "jaxworld.eval")),
     ("data", ("jaxworld.infer", "jaxworld.train", "jaxworld.models")),
     ("parallel", ("jaxworld.models", "jaxworld.train", "jaxworld.infer")),
+    # play serves what infer imagines; a bundle needs none of the rest.
+    ("play", ("jaxworld.train", "jaxworld.eval")),
 ]
 
 

@@ -10,7 +10,7 @@ loads it with jax and numpy alone and imagines the same frames as
                        (batch) and t (history frames), and the rollout
                        settings (context frames, horizon, window, dynamics
                        kind, steps per frame, temperature, seed, codes per
-                       frame, ...)
+                       frame, the dataset's action names or null, ...)
     config.json        the resolved config of the dynamics run
     episodes.npz       a few held-out episodes (frames, actions) to try it on,
                        when the run's dataset is at hand
@@ -60,7 +60,7 @@ import numpy as np
 from flax import nnx
 
 from jaxworld import config as configlib
-from jaxworld.data import pipeline
+from jaxworld.data import pipeline, records
 from jaxworld.errors import JaxWorldError
 from jaxworld.infer import sampler
 from jaxworld.models import build
@@ -184,6 +184,18 @@ def _check_exportable(cfg: configlib.Config, workdir: str | Path) -> None:
         f"`jaxworld rollout --workdir {workdir}` instead.")
 
 
+def _action_names(cfg: configlib.Config) -> list[str] | None:
+  """The dataset's names of the actions (dataset.json), so that a player
+  can show them (`jaxworld play` keys); None where it has none."""
+  try:
+    names = records.read_metadata(pipeline.eval_path(cfg.data)).get(
+        "action_names")
+  except (JaxWorldError, OSError):
+    return None
+  return ([str(n) for n in names]
+          if names and len(names) == cfg.dynamics.num_actions else None)
+
+
 def _cast(params: sampler.Params, dtype: Any) -> dict[str, np.ndarray]:
   return {k: np.asarray(jnp.asarray(v, dtype)) for k, v in params.items()}
 
@@ -265,7 +277,8 @@ def _manifest(cfg: configlib.Config, workdir: str | Path,
           "tokens_per_frame": build.num_tokens(cfg),
           "codes_per_frame": _aval(_code_spec(cfg, tok)),
           "image_size": cfg.world.image_size,
-          "num_actions": cfg.dynamics.num_actions},
+          "num_actions": cfg.dynamics.num_actions,
+          "action_names": _action_names(cfg)},
       "compute_dtypes": {
           "tokenizer.encoder": build.backbone(cfg.tokenizer.encoder)["dtype"],
           "tokenizer.decoder": build.backbone(cfg.tokenizer.decoder)["dtype"],

@@ -26,8 +26,8 @@ def test_demo_writes_everything(demo_run):
     assert np.isfinite(summary[key])
   assert len(summary["per_step"]["psnr_model"]) == 3
   assert set(summary["stage_seconds"]) >= {"data", "tokenizer", "dynamics",
-                                           "rollout", "total"}
-  assert (demo_run / "rollout" / "rollout.gif").stat().st_size > 0
+                                           "eval", "total"}
+  assert (demo_run / "eval" / "rollout.gif").stat().st_size > 0
   for stage in ("tokenizer", "dynamics"):
     run = demo_run / stage
     assert sorted(_losses(run)) == [1, 2, 3, 4]

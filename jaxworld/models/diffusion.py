@@ -86,19 +86,33 @@ def loss(model: DiffusionDynamics, batch: build.Batch, rng: jax.Array
   error on the frames that were nearly pure noise (level > 0.9), the regime
   a rollout's first step is in."""
   latents_BTNE, actions_BT = batch["tokens"], batch["actions"]
-  b, t = latents_BTNE.shape[:2]
+  noisy_BTNE, level_BT = noised(rng, latents_BTNE)
+  pred_BTNE = model(noisy_BTNE, level_BT, actions_BT)
+  return mse_by_level(pred_BTNE, latents_BTNE, level_BT)
+
+
+def noised(rng: jax.Array, clean_BTNE: jax.Array
+           ) -> tuple[jax.Array, jax.Array]:
+  """(noisy latents, levels [B, T]): every frame at its own uniform level s
+  on the straight path (1 - s) clean + s eps."""
+  b, t = clean_BTNE.shape[:2]
   k_level, k_noise = jax.random.split(rng)
   level_BT = jax.random.uniform(k_level, (b, t))
-  noise_BTNE = jax.random.normal(k_noise, latents_BTNE.shape)
+  noise_BTNE = jax.random.normal(k_noise, clean_BTNE.shape)
   s_BT11 = level_BT[..., None, None]
-  noisy_BTNE = (1.0 - s_BT11) * latents_BTNE + s_BT11 * noise_BTNE
-  pred_BTNE = model(noisy_BTNE, level_BT, actions_BT)
-  err_BT = jnp.mean((pred_BTNE - latents_BTNE) ** 2, axis=(2, 3))
+  return (1.0 - s_BT11) * clean_BTNE + s_BT11 * noise_BTNE, level_BT
+
+
+def mse_by_level(pred_BTNE: jax.Array, clean_BTNE: jax.Array,
+                 level_BT: jax.Array) -> tuple[jax.Array, build.Metrics]:
+  """The MSE loss, and the error on frames at levels > 0.9 (the regime of a
+  rollout's first denoising step) as `mse_high_noise`."""
+  err_BT = jnp.mean((pred_BTNE - clean_BTNE) ** 2, axis=(2, 3))
   high_BT = (level_BT > 0.9).astype(jnp.float32)
   return jnp.mean(err_BT), {
       "mse_high_noise": jnp.sum(err_BT * high_BT) / jnp.maximum(
           jnp.sum(high_BT), 1.0),
-      "latent_rms": jnp.sqrt(jnp.mean(latents_BTNE ** 2))}
+      "latent_rms": jnp.sqrt(jnp.mean(clean_BTNE ** 2))}
 
 
 def noise_levels(steps: int) -> np.ndarray:

@@ -31,7 +31,8 @@ from flax import nnx
 
 from jaxworld.config import Config
 from jaxworld.models import build
-from jaxworld.models.diffusion import level_features, noise_levels
+from jaxworld.models.diffusion import (level_features, mse_by_level, noised,
+                                       noise_levels)
 from jaxworld.models.sampling import SampleOptions
 from jaxworld.models.st_transformer import STTransformer, dense, embedding
 
@@ -82,18 +83,9 @@ def loss(model: FrameDiffusion, batch: build.Batch, rng: jax.Array
   a rollout's first denoising step."""
   latents_BTNE, actions_BT = batch["tokens"], batch["actions"]
   now_BTNE, next_BTNE = latents_BTNE[:, :-1], latents_BTNE[:, 1:]
-  b, t = now_BTNE.shape[:2]
-  k_level, k_noise = jax.random.split(rng)
-  level_BT = jax.random.uniform(k_level, (b, t))
-  noise_BTNE = jax.random.normal(k_noise, next_BTNE.shape)
-  s_BT11 = level_BT[..., None, None]
-  noisy_BTNE = (1.0 - s_BT11) * next_BTNE + s_BT11 * noise_BTNE
+  noisy_BTNE, level_BT = noised(rng, next_BTNE)
   pred_BTNE = model(now_BTNE, noisy_BTNE, level_BT, actions_BT[:, :-1])
-  err_BT = jnp.mean((pred_BTNE - next_BTNE) ** 2, axis=(2, 3))
-  high_BT = (level_BT > 0.9).astype(jnp.float32)
-  return jnp.mean(err_BT), {
-      "mse_high_noise": jnp.sum(err_BT * high_BT) / jnp.maximum(
-          jnp.sum(high_BT), 1.0)}
+  return mse_by_level(pred_BTNE, next_BTNE, level_BT)
 
 
 def next_frame(model: FrameDiffusion, history_BTNE: jax.Array,

@@ -43,3 +43,23 @@ def test_rollout_actions_line_up():
   assert not np.array_equal(after_context[:, 2], base[:, 2])
   later = imagine(actions.at[:, 2].set(3))
   np.testing.assert_array_equal(later[:, 2], base[:, 2])
+
+
+def test_history_cache_gives_the_whole_window_logits():
+  """`next_frame` refines a frame against its history's cached keys/values;
+  that is the last frame of the whole-window pass training runs."""
+  model = build.dynamics(tiny_config(), nnx.Rngs(0))
+  rng = jax.random.key(2)
+  tokens_BTN = jax.random.randint(rng, (2, 4, 16), 0, 32)
+  actions_BT = jax.random.randint(rng, (2, 4), 0, 5)
+  mask_BTN = jnp.zeros((2, 4, 16), bool).at[:, -1, ::3].set(True)
+  whole_BNV = model(tokens_BTN, actions_BT, mask_BTN)[:, -1]
+
+  history = model.backbone.history_kv(
+      model.embed(tokens_BTN[:, :-1], actions_BT[:, :-1]))
+  input_BN = jnp.where(mask_BTN[:, -1], model.special_token,
+                       tokens_BTN[:, -1])
+  x_BND = (model.token_embed(input_BN)
+           + model.action_embed(actions_BT[:, -2])[:, None])
+  cached_BNV = model.logits(model.backbone.next_frame(x_BND, history))
+  np.testing.assert_allclose(cached_BNV, whole_BNV, atol=2e-5, rtol=1e-4)

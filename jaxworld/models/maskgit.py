@@ -151,19 +151,17 @@ def next_frame(model: MaskGITDynamics, history_BTN: jax.Array,
   leads into the new frame. Traceable; call it under jit.
   """
   b, _, n = history_BTN.shape
-  # The new frame's slot, and the action after it, which the model never
-  # reads (frame t sees the action after frame t-1).
-  tokens_BTN = jnp.concatenate(
-      [history_BTN, jnp.zeros_like(history_BTN[:, :1])], 1)
-  actions_BT = jnp.concatenate(
-      [actions_BT, jnp.zeros_like(actions_BT[:, :1])], 1)
+  # The history is fixed over the passes and temporal attention is causal:
+  # its keys/values are computed once, each pass runs the new frame alone.
+  history = model.backbone.history_kv(model.embed(history_BTN, actions_BT))
+  action_in_BD = model.action_embed(actions_BT[:, -1])
   frame_BN = jnp.zeros((b, n), jnp.int32)
   hidden_BN = jnp.ones((b, n), bool)
   steps = options.steps
   for s in range(steps):  # Unrolled: `steps` is small and static.
-    mask_BTN = jnp.zeros(tokens_BTN.shape, bool).at[:, -1].set(hidden_BN)
-    tokens_BTN = tokens_BTN.at[:, -1].set(frame_BN)
-    logits_BNV = model(tokens_BTN, actions_BT, mask_BTN)[:, -1]
+    input_BN = jnp.where(hidden_BN, model.special_token, frame_BN)
+    x_BND = model.token_embed(input_BN) + action_in_BD[:, None]
+    logits_BNV = model.logits(model.backbone.next_frame(x_BND, history))
     rng, key = jax.random.split(rng)
     sampled_BN = sample_tokens(key, logits_BNV, options.temperature,
                                options.top_k)

@@ -239,6 +239,26 @@ class STBlock(nnx.Module):
                     "sv": v_s.reshape(b, t * n, *v_s.shape[2:]),
                     "tk": to_BTNMK(k_t), "tv": to_BTNMK(v_t)}
 
+  def frame(self, x_BND: jax.Array, tk_BTNMK: jax.Array,
+            tv_BTNMK: jax.Array) -> jax.Array:
+    """[B, N, D] -> [B, N, D]: the block on one new frame after T history
+    frames, given their temporal keys/values (`return_kv`). Equal to the
+    last frame of `__call__` on history + frame: spatial attention stays
+    inside the frame and temporal attention is causal, so the history's
+    keys/values do not depend on the new frame."""
+    b, n, d = x_BND.shape
+    x_BND = x_BND + self.spatial_attn(self.spatial_norm(x_BND),
+                                      is_causal=False)
+    q, k, v = self.temporal_attn.qkv(self.temporal_norm(x_BND).reshape(
+        b * n, 1, d))
+    history = lambda a_BTNMK: a_BTNMK.transpose(0, 2, 1, 3, 4).reshape(
+        b * n, -1, *a_BTNMK.shape[3:])
+    k_BnSMK = jnp.concatenate([history(tk_BTNMK), k], 1)
+    v_BnSMK = jnp.concatenate([history(tv_BTNMK), v], 1)
+    x_BND = x_BND + self.temporal_attn.attend(q, k_BnSMK, v_BnSMK).reshape(
+        b, n, d)
+    return x_BND + self.mlp(self.mlp_norm(x_BND))
+
   def decode(self, x_BD: jax.Array, cache: dict[str, jax.Array],
              t: jax.Array, n: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -339,6 +359,39 @@ class STTransformer(nnx.Module):
                                                             else 1))]
                      + [(0, 0)] * (v.ndim - 3)) for k, v in kv.items()}
     return self.final_norm(y_BTND).astype(jnp.float32), kv
+
+  def history_kv(self, x_BTND: jax.Array) -> dict[str, jax.Array]:
+    """Every layer's temporal keys/values over T history frames, tk/tv
+    [layers, B, T, N, M, K]: what `next_frame` reads, so that refining one
+    new frame (MaskGIT's passes) does not recompute its history."""
+    assert not self.blocks.token_causal, "a token-causal backbone: prefill"
+    graphdef, layers = nnx.split(self.blocks)
+
+    def run(x, layer):
+      x, kv = nnx.merge(graphdef, layer)(x, return_kv=True)
+      return x, {"tk": kv["tk"], "tv": kv["tv"]}
+
+    return jax.lax.scan(run, self._embed(x_BTND), layers)[1]
+
+  def next_frame(self, x_BND: jax.Array, history: dict[str, jax.Array]
+                 ) -> jax.Array:
+    """Output [B, N, D] for a frame after the T frames of `history_kv`:
+    the last frame of `__call__` on all T + 1, at a frame's cost."""
+    t = history["tk"].shape[2]
+    if t >= self.temporal_pos.shape[0]:
+      raise ValueError(f"{t + 1} frames exceed the backbone's max_frames="
+                       f"{self.temporal_pos.shape[0]}")
+    # A slice, not an index: `t` may be symbolic (an exported bundle).
+    x_BND = (x_BND + self.spatial_pos[...][None]
+             + self.temporal_pos[...][None, t:t + 1]).astype(self.dtype)
+    graphdef, layers = nnx.split(self.blocks)
+
+    def run(x, layer_and_kv):
+      layer, kv = layer_and_kv
+      return nnx.merge(graphdef, layer).frame(x, kv["tk"], kv["tv"]), None
+
+    y_BND = jax.lax.scan(run, x_BND, (layers, history))[0]
+    return self.final_norm(y_BND).astype(jnp.float32)
 
   def decode(self, x_BD: jax.Array, cache: dict[str, jax.Array],
              t: jax.Array, n: jax.Array

@@ -9,6 +9,8 @@ import contextlib
 import io
 import json
 import os
+import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +23,18 @@ CPU_FLAGS = ("--xla_force_host_platform_device_count=8 "
              "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# Most of the suite's time is XLA compiling the same tiny programs again in
+# other tests, xdist workers and the subprocesses of CLI and multi-process
+# tests. One persistent compilation cache for the run serves them all: set
+# here, before workers and subprocesses start, so they inherit it; removed
+# when the run ends (pytest_unconfigure).
+_OWN_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_XLA_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="jaxworld-tests-xla-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -94,6 +108,11 @@ def tiny_demo(tiny_demo_run) -> Path:
     assert cli.main(["rollout", "--workdir", str(root / "dynamics"),
                      "--out", str(root / "rollout")]) == 0
   return root
+
+
+def pytest_unconfigure(config):
+  if _OWN_XLA_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

@@ -11,6 +11,7 @@
     jaxworld play RUN_OR_BUNDLE [rollout overrides...] [--port N] [--host H]
     jaxworld ckpt list|show --workdir DIR [--step N]
     jaxworld config [CONFIG] [overrides...] [--fields]
+    jaxworld bench CONFIG [overrides...] [--steps N] [--out FILE] [--profile DIR]
 
 CONFIG is a .toml path or a name in configs/ (tokenizer, dynamics);
 overrides are `section.key=value`, e.g. `train.steps=100 mesh.fsdp=2`.
@@ -164,6 +165,24 @@ def _parser() -> argparse.ArgumentParser:
   play.add_argument("--max-sessions", type=int, default=4,
                     help="Pages served at once.")
 
+  bench = sub.add_parser("bench", help="Time a config's train step on these "
+                         "devices: step time, FLOPs (XLA and analytic), "
+                         "MFU, memory per device, compile time, sampled "
+                         "frames/s, loader rate; a table and JSON.")
+  bench.add_argument("config", help="A .toml path or a name in configs/ "
+                     "(a dynamics config gets configs/tokenizer.toml's "
+                     "tokenizer, random weights throughout).")
+  bench.add_argument("overrides", nargs="*")
+  bench.add_argument("--steps", type=int, default=10,
+                     help="Timed steps (the median is reported).")
+  bench.add_argument("--warmup", type=int, default=2,
+                     help="Untimed steps first.")
+  bench.add_argument("--out", default=None, help="JSON file (default: "
+                     "runs/bench/<config name>.json).")
+  bench.add_argument("--profile", default=None, metavar="DIR",
+                     help="Also trace 3 steps into DIR (TensorBoard's "
+                     "profile plugin, or Perfetto).")
+
   cfg = sub.add_parser("config", help="Print a resolved config, or every "
                        "field with its meaning.")
   cfg.add_argument("config", nargs="?", default=None)
@@ -293,6 +312,20 @@ def _run(args: argparse.Namespace, configlib) -> int:
   if args.command == "export":
     from jaxworld.infer import export
     print(export.export_run(args.workdir, args.out, args.dtype))
+    return 0
+  if args.command == "bench":
+    from pathlib import Path
+
+    from jaxworld.perf import bench, harness
+    cfg = harness.load(args.config, args.overrides)
+    result = bench.run(cfg, args.steps, args.warmup, args.profile)
+    out = Path(args.out or f"runs/bench/{Path(args.config).stem}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": args.config,
+                               "overrides": args.overrides, **result},
+                              indent=2) + "\n")
+    print(bench.format_table(result))
+    print(f"wrote {out}")
     return 0
   if args.command == "play":
     from jaxworld.play import server

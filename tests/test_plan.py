@@ -34,6 +34,12 @@ def test_plan_on_8_devices_reports_fit_and_fixes(tmp_path):
   assert "mesh.preset=fsdp" in fixes[0]
   assert any("tokenizer.encoder.remat=save_dots" in f for f in fixes)
   assert any("train.batch_size=4" in f for f in fixes)
+  # One device whose state alone is too big: how many devices it needs.
+  one = {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
+  fixes = plan.advice(tiny_config(), one, {"params": 300, "optimizer": 600,
+                                           "temporaries": 0, "total": 900},
+                      usable=500)
+  assert "FSDP over at least 4 devices" in fixes[0]
 
 
 def test_plan_explains_targets_it_cannot_make():

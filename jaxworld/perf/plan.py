@@ -132,6 +132,14 @@ def advice(cfg: Config, mesh_shape: dict[str, int], mem: dict[str, Any],
   state = mem["params"] + mem["optimizer"]
   n = math.prod(mesh_shape.values())
   fixes = []
+  if state > usable / 2:
+    # The state must leave room for gradients and activations.
+    need = math.ceil(2 * state * mesh_shape["fsdp"] / usable)
+    if need > n:
+      fixes.append(
+          f"more devices: params + optimizer alone take {state / 2**30:.2f} "
+          f"GiB per device; FSDP over at least {need} devices "
+          f"(mesh.preset=fsdp) brings them under half of a device")
   if state > 0.3 * usable and mesh_shape["fsdp"] < n:
     fixes.append(
         f"shard the state: mesh.preset=fsdp (fsdp = all {n} devices) cuts "

@@ -237,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.getLogger("absl").setLevel(logging.ERROR)
 
   # Heavy imports only after argument parsing, so --help is instant.
+  from jaxworld import compile_cache
   from jaxworld import config as configlib
+  compile_cache.enable()  # a rerun loads compiled programs, not recompiles
   from jaxworld.errors import JaxWorldError
   try:
     return _run(args, configlib)

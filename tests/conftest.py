@@ -21,6 +21,9 @@ CPU_FLAGS = ("--xla_force_host_platform_device_count=8 "
              "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI's persistent compilation cache stays off in tests (each run
+# compiles, as CI does); tests/test_compile_cache.py turns it on.
+os.environ.setdefault("JAXWORLD_COMPILATION_CACHE", "off")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

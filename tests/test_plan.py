@@ -5,6 +5,7 @@ memory against capacity, and the fixes when it does not fit."""
 import importlib.util
 import json
 
+import jax
 import pytest
 
 from conftest import TINY_TOML, tiny_config
@@ -46,8 +47,9 @@ def test_plan_explains_targets_it_cannot_make():
   with pytest.raises(JaxWorldError, match="sizes: 8, 16, 32"):
     plan.topology_name("v5p-100")
   assert plan.topology_name("v5p-256") == ("v5p", "v5p:4x4x8")
+  assert len(jax.devices()) == 8  # JAX has started, with the tests' 8
   with pytest.raises(JaxWorldError, match="fresh process"):
-    plan.target_devices(None, 16)  # the tests' JAX started with 8
+    plan.target_devices(None, 16)
   with pytest.raises(JaxWorldError, match="exactly one"):
     plan.target_devices("v5p-8", 8)
 
@@ -64,3 +66,13 @@ def test_plan_for_a_tpu_slice_without_a_tpu():
   assert r["fits"] is True and r["mesh"]["fsdp"] == 4
   assert r["memory_per_device_bytes"]["temporaries"] > 0
   assert r["step_s_at_40pct_mfu"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="needs the tpu extra: pip install 'jax[tpu]'")
+def test_a_mesh_the_torus_cannot_host_is_refused_with_the_fix():
+  from jaxworld.parallel import mesh as meshlib
+  devices, _ = plan.target_devices("v5p-128", None)  # 4x4x4 chips
+  cfg = tiny_config('mesh.preset="fsdp"', "mesh.data=2", "mesh.fsdp=32")
+  with pytest.raises(JaxWorldError, match="physical axes"):
+    meshlib.make_mesh(cfg.mesh, devices)

@@ -9,6 +9,7 @@ large float32 matmul achieves in the same process, under the same load.
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from typing import Any
 
@@ -61,17 +62,19 @@ def for_device(device: Any) -> DevicePeak | None:
 
 
 def matmul_ceiling(dtype: Any = jnp.float32, size: int = 1024,
-                   seconds: float = 1.0) -> float:
+                   seconds: float = 1.0) -> dict[str, float]:
   """FLOP/s of a [size, size] @ [size, size] matmul on the default device,
-  the best of repeated timings over about `seconds` (the ceiling a step's
-  MFU is measured against on a CPU; take it in the same process and under
-  the same load as the step)."""
+  timed repeatedly for about `seconds`: {"median", "best"} (the ceiling a
+  step's MFU is measured against on a CPU; take it in the same process and
+  under the same load as the step, and compare medians with medians)."""
   a = jnp.ones((size, size), dtype)
   matmul = jax.jit(lambda x: x @ x)
   jax.block_until_ready(matmul(a))
-  best, start = float("inf"), time.perf_counter()
-  while time.perf_counter() - start < seconds:
+  times, start = [], time.perf_counter()
+  while time.perf_counter() - start < seconds or len(times) < 5:
     t0 = time.perf_counter()
     jax.block_until_ready(matmul(a))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * size**3 / best
+    times.append(time.perf_counter() - t0)
+  flops = 2 * size**3
+  return {"median": flops / statistics.median(times),
+          "best": flops / min(times)}

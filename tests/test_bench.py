@@ -27,8 +27,8 @@ def test_bench_writes_every_figure(tmp_path, capsys):
   assert abs(f["xla"] / f["analytic"] - 1) < FLOPS_TOLERANCE, f
   # On a CPU the peak is a matmul measured in the same run.
   assert "measured" in r["peak_source"] and r["peak_flops_per_s"] > 0
-  assert 0 < r["mfu_fastest"] and r["mfu"] == pytest.approx(
-      r["achieved_flops_per_s"] / r["peak_flops_per_s"])
+  lo, hi = r["mfu_range"]
+  assert 0 < lo <= r["mfu"] <= hi
   m = r["memory_per_device_bytes"]
   assert m["params"] > 0 and m["optimizer"] >= 2 * m["params"]  # AdamW
   assert m["temporaries"] > 0 and m["total"] > m["temporaries"]

@@ -3,9 +3,10 @@
 Step time (median of timed steps after warm-up), FLOPs per step from XLA's
 cost analysis and from the analytic formula (perf/flops.py) side by side,
 achieved FLOP/s and MFU against the device's peak (perf/peaks.py; on a CPU
-against a matmul ceiling measured in the same run), memory per device,
-compile time, sampled frames/s (dynamics) and the loader's windows/s against
-what the step consumes (with data.path set). Random weights and batches: the
+against a matmul timed after every step, so that each step is held to the
+ceiling of its own moment), memory per device, compile time, sampled
+frames/s (dynamics) and the loader's windows/s against what the step
+consumes (with data.path set). Random weights and batches: the
 cost of a step does not depend on their values.
 """
 
@@ -115,8 +116,7 @@ def sampled_frames_per_s(cfg: Config, frozen: Any, repeats: int) -> float | None
 
 
 def run(cfg: Config, steps: int = 10, warmup: int = 2,
-        profile_dir: str | None = None, ceiling_seconds: float = 1.0,
-        loader_batches: int = 20) -> dict[str, Any]:
+        profile_dir: str | None = None, loader_batches: int = 20) -> dict[str, Any]:
   """Measures one train step of `cfg` on all devices; see the module doc."""
   devices = jax.devices()
   mesh = meshlib.make_mesh(cfg.mesh, devices)
@@ -125,7 +125,15 @@ def run(cfg: Config, steps: int = 10, warmup: int = 2,
   compiled, frozen = harness.compile_step(cfg, mesh)
   compile_s = time.perf_counter() - t0
   batch = harness.random_batch(cfg, compiled.batch_shardings)
-  times = harness.step_seconds(compiled, frozen, batch, steps, warmup)
+  dtype = compute_dtype(cfg)
+  peak = peaks.for_device(devices[0])
+  # No data-sheet peak (a CPU): a matmul timed right after every step, for
+  # as long as the step took, so each step is held to the ceiling of its
+  # own moment.
+  ceiling = peaks.MatmulCeiling(dtype) if peak is None else None
+  cpu_times: list[float] = []
+  times = harness.step_seconds(compiled, frozen, batch, steps, warmup,
+                               after_each=ceiling, cpu_seconds=cpu_times)
   step_s = statistics.median(times)
   if profile_dir:
     # A separate, short run inside the trace, so tracing does not slow the
@@ -136,17 +144,19 @@ def run(cfg: Config, steps: int = 10, warmup: int = 2,
   xla = xla_flops(cfg, mesh)
   _, abstract = steplib.abstract_state(cfg, stage)
   mem = memory.step_memory(compiled.step, abstract, compiled.state_shardings)
-  dtype = compute_dtype(cfg)
-  peak = peaks.for_device(devices[0])
   if peak is not None:
-    peak_flops = best_peak = peak.bf16_flops * len(devices)
+    peak_flops = peak.bf16_flops * len(devices)
+    step_mfus = wall_mfus = [analytic["step"] / t / peak_flops for t in times]
     peak_source = f"{peak.name} bf16 dense peak x {len(devices)} devices"
   else:
-    # A CPU's ceiling moves with the load on it: the median step is held to
-    # the median matmul, the fastest step to the fastest matmul.
-    ceiling = peaks.matmul_ceiling(dtype, seconds=ceiling_seconds)
-    peak_flops, best_peak = ceiling["median"], ceiling["best"]
-    peak_source = (f"median {dtype} 1024^3 matmul measured in this run "
+    peak_flops = ceiling.median()
+    # Per CPU-second of this process: steady under other jobs' load.
+    step_mfus = [(analytic["step"] / t) / (ceiling.flops / c)
+                 for t, c in zip(cpu_times, ceiling.cpu_seconds)]
+    wall_mfus = [(analytic["step"] / t) / (ceiling.flops / c)
+                 for t, c in zip(times, ceiling.seconds)]
+    peak_source = (f"{dtype} 1024^3 matmuls timed after each step for as "
+                   f"long, median "
                    f"({devices[0].platform}, the threads of all "
                    f"{len(devices)} devices)")
   achieved = analytic["step"] / step_s
@@ -170,8 +180,11 @@ def run(cfg: Config, steps: int = 10, warmup: int = 2,
                          "analytic_parts": analytic},
       "achieved_flops_per_s": achieved,
       "peak_flops_per_s": peak_flops, "peak_source": peak_source,
-      "mfu": achieved / peak_flops,
-      "mfu_fastest": analytic["step"] / min(times) / best_peak,
+      # The median of each step's FLOP/s over its own moment's peak.
+      "mfu": statistics.median(step_mfus),
+      "mfu_range": [min(step_mfus), max(step_mfus)],
+      # On a CPU `mfu` counts CPU time, this one wall time (both per step).
+      "mfu_wall": statistics.median(wall_mfus),
       "memory_per_device_bytes": mem,
       "sampled_frames_per_s": sampled_frames_per_s(cfg, frozen, 3),
       "loader": None, "profile_dir": profile_dir,
@@ -203,6 +216,7 @@ def format_table(r: dict[str, Any]) -> str:
   f, m, s = r["flops_per_step"], r["memory_per_device_bytes"], r["step_s"]
   ratio = f["xla_over_analytic"]
   loader = r["loader"]
+  cpu = r["devices"]["platform"] == "cpu"
   rows = [
       ("model", f"{r['stage']} ({r['kind']}), {r['params']:,} params, "
                 f"{r['compute_dtype']}"),
@@ -221,8 +235,11 @@ def format_table(r: dict[str, Any]) -> str:
       ("achieved", _si(r["achieved_flops_per_s"], "FLOP/s")
        + " (analytic FLOPs)"),
       ("peak", f"{_si(r['peak_flops_per_s'], 'FLOP/s')} ({r['peak_source']})"),
-      ("MFU", f"{100 * r['mfu']:.1f}% (median step vs peak; fastest step "
-              f"vs best peak {100 * r['mfu_fastest']:.1f}%)"),
+      ("MFU", f"{100 * r['mfu']:.1f}%"
+              + (" per CPU-second" if cpu else "")
+              + f" (median over steps, {100 * r['mfu_range'][0]:.1f}-"
+              f"{100 * r['mfu_range'][1]:.1f}%)"
+              + (f"; {100 * r['mfu_wall']:.1f}% by wall time" if cpu else "")),
       ("memory/device", f"params {_mib(m['params'])}, optimizer "
                         f"{_mib(m['optimizer'])}, temporaries "
                         f"{_mib(m['temporaries'])}, total {_mib(m['total'])}"),

@@ -68,9 +68,14 @@ def random_batch(cfg: Config, shardings: Any) -> dict[str, Any]:
 
 
 def step_seconds(compiled: Any, frozen: Any, batch: Any, steps: int,
-                 warmup: int = 1, state: Any = None) -> list[float]:
+                 warmup: int = 1, state: Any = None,
+                 after_each: Any = None,
+                 cpu_seconds: list[float] | None = None) -> list[float]:
   """Seconds of each of `steps` steps after `warmup` untimed ones. Each
-  timed step waits for its result, so a slow step shows as itself."""
+  timed step waits for its result, so a slow step shows as itself;
+  `after_each(seconds)`, if given, runs after every timed step with that
+  step's time (and is not counted in it); `cpu_seconds` gets each step's
+  CPU time of this process (all its threads)."""
   state = compiled.init() if state is None else state
   frozen_state = frozen.state if frozen is not None else None
   for _ in range(warmup):
@@ -78,10 +83,14 @@ def step_seconds(compiled: Any, frozen: Any, batch: Any, steps: int,
   jax.block_until_ready(m)
   times = []
   for _ in range(steps):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     state, m = compiled.step(state, frozen_state, batch)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
+    if cpu_seconds is not None:
+      cpu_seconds.append(time.process_time() - c0)
+    if after_each is not None:
+      after_each(times[-1])
   return times
 
 

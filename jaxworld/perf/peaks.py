@@ -3,7 +3,10 @@ vendors' data sheets, and on a CPU a matmul ceiling measured in-process.
 
 MFU divides a step's model FLOP/s by the peak of the device it ran on. A CPU
 has no data-sheet number that XLA reaches, so there the ceiling is what one
-large float32 matmul achieves in the same process, under the same load.
+large float32 matmul achieves in the same process, under the same load; on
+a CPU shared with other jobs, FLOPs per CPU-second of this process (step
+against matmul) is the steadier ratio, since waiting for a core costs wall
+time but no CPU time.
 """
 
 from __future__ import annotations
@@ -61,20 +64,45 @@ def for_device(device: Any) -> DevicePeak | None:
   return None
 
 
+class MatmulCeiling:
+  """A [size, size] @ [size, size] matmul on the default device, timed one
+  call at a time: the ceiling a step's MFU is measured against on a CPU.
+  Time it in the same process and under the same load as the step, best
+  between the steps (`jaxworld bench` does), since a shared CPU's speed
+  moves with the load on it."""
+
+  def __init__(self, dtype: Any = jnp.float32, size: int = 1024):
+    self.flops = 2 * size**3
+    self._a = jnp.ones((size, size), dtype)
+    self._matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(self._matmul(self._a))
+    self.seconds: list[float] = []      # wall time per matmul
+    self.cpu_seconds: list[float] = []  # CPU time of this process per matmul
+
+  def __call__(self, for_seconds: float = 0.0) -> float:
+    """Runs the matmul for about `for_seconds` (at least once) and records
+    the mean seconds per matmul; returns its FLOP/s. Timing it for as long
+    as the step it follows averages both over the same scale of load."""
+    calls, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while calls == 0 or time.perf_counter() - t0 < for_seconds:
+      jax.block_until_ready(self._matmul(self._a))
+      calls += 1
+    self.seconds.append((time.perf_counter() - t0) / calls)
+    self.cpu_seconds.append((time.process_time() - c0) / calls)
+    return self.flops / self.seconds[-1]
+
+  def median(self) -> float:
+    return self.flops / statistics.median(self.seconds)
+
+  def best(self) -> float:
+    return self.flops / min(self.seconds)
+
+
 def matmul_ceiling(dtype: Any = jnp.float32, size: int = 1024,
                    seconds: float = 1.0) -> dict[str, float]:
-  """FLOP/s of a [size, size] @ [size, size] matmul on the default device,
-  timed repeatedly for about `seconds`: {"median", "best"} (the ceiling a
-  step's MFU is measured against on a CPU; take it in the same process and
-  under the same load as the step, and compare medians with medians)."""
-  a = jnp.ones((size, size), dtype)
-  matmul = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(matmul(a))
-  times, start = [], time.perf_counter()
-  while time.perf_counter() - start < seconds or len(times) < 5:
-    t0 = time.perf_counter()
-    jax.block_until_ready(matmul(a))
-    times.append(time.perf_counter() - t0)
-  flops = 2 * size**3
-  return {"median": flops / statistics.median(times),
-          "best": flops / min(times)}
+  """{"median", "best"} FLOP/s of `MatmulCeiling` timed for `seconds`."""
+  ceiling = MatmulCeiling(dtype, size)
+  start = time.perf_counter()
+  while time.perf_counter() - start < seconds or len(ceiling.seconds) < 5:
+    ceiling()
+  return {"median": ceiling.median(), "best": ceiling.best()}

@@ -138,8 +138,10 @@ def run(cfg: Config, steps: int = 10, warmup: int = 2,
   if profile_dir:
     # A separate, short run inside the trace, so tracing does not slow the
     # timed steps; open it with TensorBoard's profile plugin or Perfetto.
+    state = compiled.init()  # outside the trace: only steps are in it
+    jax.block_until_ready(state)
     with jax.profiler.trace(str(Path(profile_dir))):
-      harness.step_seconds(compiled, frozen, batch, 3, 1)
+      harness.step_seconds(compiled, frozen, batch, 3, 1, state)
   analytic = analytic_flops(cfg)
   xla = xla_flops(cfg, mesh)
   _, abstract = steplib.abstract_state(cfg, stage)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import common
@@ -24,21 +23,8 @@ import common
 
 def loader_rate(cfg, root: str, workers: int, batches: int) -> float:
   """Windows per second, after the first batch (worker start-up) is out."""
-  import dataclasses
-
-  from jaxworld.data import pipeline
-  data_cfg = dataclasses.replace(cfg.data, num_workers=workers)
-  it = iter(pipeline.train_dataset(data_cfg, root, cfg.train.batch_size))
-  try:
-    next(it)
-    t0 = time.perf_counter()
-    for _ in range(batches):
-      next(it)
-    dt = time.perf_counter() - t0
-  finally:
-    if hasattr(it, "close"):
-      it.close()
-  return batches * cfg.train.batch_size / dt
+  from jaxworld.perf import harness
+  return harness.loader_rate(cfg, root, batches, workers)
 
 
 def step_rate(name: str) -> float:

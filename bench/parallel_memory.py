@@ -18,8 +18,6 @@ import common
 common.simulate_cpu_devices(8)
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from jaxworld.parallel import mesh as meshlib  # noqa: E402
 
@@ -29,18 +27,14 @@ MODEL = ["dynamics.backbone.width=512", "dynamics.backbone.depth=4",
 
 
 def measure(cfg, devices) -> dict[str, float]:
+  from jaxworld.perf import memory
+  from jaxworld.train import step as steplib
   mesh = meshlib.make_mesh(cfg.mesh, devices)
   compiled, _ = common.compile_step(cfg, mesh)
-  from jaxworld.train import step as steplib
   _, abstract = steplib.abstract_state(cfg, cfg.train.stage)
-  per_device = {"model": 0, "optimizer": 0}
-  for (path, var), (_, sh) in zip(nnx.to_flat_state(abstract),
-                                  nnx.to_flat_state(compiled.state_shardings)):
-    shard = sh.get_value().shard_shape(var.shape)
-    per_device[path[0]] += np.dtype(var.dtype).itemsize * int(np.prod(shard))
-  mem = compiled.step.memory_analysis()
-  return {"mesh": dict(mesh.shape), "params": per_device["model"],
-          "opt": per_device["optimizer"], "temps": mem.temp_size_in_bytes}
+  mem = memory.step_memory(compiled.step, abstract, compiled.state_shardings)
+  return {"mesh": dict(mesh.shape), "params": mem["params"],
+          "opt": mem["optimizer"], "temps": mem["temporaries"]}
 
 
 def main() -> None:

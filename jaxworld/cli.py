@@ -11,6 +11,8 @@
     jaxworld play RUN_OR_BUNDLE [rollout overrides...] [--port N] [--host H]
     jaxworld ckpt list|show --workdir DIR [--step N]
     jaxworld config [CONFIG] [overrides...] [--fields]
+    jaxworld bench CONFIG [overrides...] [--steps N] [--out FILE] [--profile DIR]
+    jaxworld plan CONFIG [overrides...] [--mesh PRESET] (--topology v5p-256 | --devices N [--device H100])
 
 CONFIG is a .toml path or a name in configs/ (tokenizer, dynamics);
 overrides are `section.key=value`, e.g. `train.steps=100 mesh.fsdp=2`.
@@ -164,6 +166,44 @@ def _parser() -> argparse.ArgumentParser:
   play.add_argument("--max-sessions", type=int, default=4,
                     help="Pages served at once.")
 
+  bench = sub.add_parser("bench", help="Time a config's train step on these "
+                         "devices: step time, FLOPs (XLA and analytic), "
+                         "MFU, memory per device, compile time, sampled "
+                         "frames/s, loader rate; a table and JSON.")
+  bench.add_argument("config", help="A .toml path or a name in configs/ "
+                     "(a dynamics config gets configs/tokenizer.toml's "
+                     "tokenizer, random weights throughout).")
+  bench.add_argument("overrides", nargs="*")
+  bench.add_argument("--steps", type=int, default=10,
+                     help="Timed steps (the median is reported).")
+  bench.add_argument("--warmup", type=int, default=2,
+                     help="Untimed steps first.")
+  bench.add_argument("--out", default=None, help="JSON file (default: "
+                     "runs/bench/<config name>.json).")
+  bench.add_argument("--profile", default=None, metavar="DIR",
+                     help="Also trace 3 steps into DIR (TensorBoard's "
+                     "profile plugin, or Perfetto).")
+
+  plan = sub.add_parser("plan", help="Compile a config's train step for a "
+                        "target you need not own (a TPU slice, or N "
+                        "devices) from shapes alone: memory per device "
+                        "against capacity, FLOPs, fits or the fix.")
+  plan.add_argument("config")
+  plan.add_argument("overrides", nargs="*")
+  plan.add_argument("--mesh", default=None, metavar="PRESET",
+                    help="Parallelism preset (as mesh.preset=PRESET): dp, "
+                    "fsdp, fsdp_tp, tp_sp or a .toml path.")
+  plan.add_argument("--topology", default=None, help="A TPU slice: v5p-256,"
+                    " v5e-16, v6e-64, ... or a chip grid (v5p:4x4x8); needs "
+                    "the tpu extra (pip install \"jax[tpu]\").")
+  plan.add_argument("--devices", type=int, default=None, help="N simulated "
+                    "CPU devices (GPU clusters; any target as a fallback).")
+  plan.add_argument("--device", default=None, help="With --devices: the "
+                    "device whose memory and peak to plan against (H100, "
+                    "H200, B200, v5e, v5p, v6e).")
+  plan.add_argument("--out", default=None, help="Also write the report as "
+                    "JSON here.")
+
   cfg = sub.add_parser("config", help="Print a resolved config, or every "
                        "field with its meaning.")
   cfg.add_argument("config", nargs="?", default=None)
@@ -197,7 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.getLogger("absl").setLevel(logging.ERROR)
 
   # Heavy imports only after argument parsing, so --help is instant.
+  from jaxworld import compile_cache
   from jaxworld import config as configlib
+  compile_cache.enable()  # a rerun loads compiled programs, not recompiles
   from jaxworld.errors import JaxWorldError
   try:
     return _run(args, configlib)
@@ -294,6 +336,38 @@ def _run(args: argparse.Namespace, configlib) -> int:
     from jaxworld.infer import export
     print(export.export_run(args.workdir, args.out, args.dtype))
     return 0
+  if args.command == "bench":
+    from pathlib import Path
+
+    from jaxworld.perf import bench, harness
+    cfg = harness.load(args.config, args.overrides)
+    result = bench.run(cfg, args.steps, args.warmup, args.profile)
+    out = Path(args.out or f"runs/bench/{Path(args.config).stem}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": args.config,
+                               "overrides": args.overrides, **result},
+                              indent=2) + "\n")
+    print(bench.format_table(result))
+    print(f"wrote {out}")
+    return 0
+  if args.command == "plan":
+    from pathlib import Path
+
+    from jaxworld.perf import harness, peaks, plan
+    devices, target = plan.target_devices(args.topology, args.devices)
+    device = (peaks.by_name(args.device) if args.device
+              else peaks.for_device(devices[0]))
+    mesh = [f"mesh.preset={json.dumps(args.mesh)}"] if args.mesh else []
+    cfg = plan.for_target(harness.load(args.config, [*mesh, *args.overrides]),
+                          device is not None)
+    result = plan.run(cfg, devices, target, device)
+    print(plan.format_report(result))
+    if args.out:
+      Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+      Path(args.out).write_text(json.dumps(
+          {"config": args.config, "overrides": [*mesh, *args.overrides],
+           **result}, indent=2) + "\n")
+    return 0 if result["fits"] is not False else 1
   if args.command == "play":
     from jaxworld.play import server
     return server.serve(args.source, args.host, args.port, args.episodes,

@@ -124,6 +124,11 @@ class BackboneConfig:
   dtype: Literal["auto", "float32", "bfloat16"] = field(
       "auto", "Compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), "
       "float32 or bfloat16; params stay float32.")
+  scan_unroll: int = field(
+      1, "Blocks per iteration of the layer scan: 1 compiles one block "
+      "whatever the depth; >= depth unrolls every block (slower compile; "
+      "XLA's cost analysis then counts every block, as `jaxworld bench` "
+      "needs).")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,6 +114,9 @@ def check_backbone(name: str, b: BackboneConfig, check: Check) -> None:
   bad = [f"{name}.{k}={v}" for k, v in sizes.items() if v <= 0]
   check(not bad, f"{', '.join(bad)}: width, depth, num_heads and mlp_ratio "
         f"of a backbone must be positive.")
+  check(b.scan_unroll >= 1, f"{name}.scan_unroll={b.scan_unroll} must be "
+        f">= 1 (1: one compiled block; {name}.depth={b.depth}: all "
+        f"unrolled).")
   check(b.width % b.num_heads == 0,
         f"{name}.width={b.width} is not divisible by {name}.num_heads="
         f"{b.num_heads}; pick a width that is a multiple of the heads.")

@@ -23,6 +23,9 @@ CPU_FLAGS = ("--xla_force_host_platform_device_count=8 "
              "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI's persistent compilation cache stays off in tests (each run
+# compiles, as CI does); tests/test_compile_cache.py turns it on.
+os.environ.setdefault("JAXWORLD_COMPILATION_CACHE", "off")
 
 # Most of the suite's time is XLA compiling the same tiny programs again in
 # other tests, xdist workers and the subprocesses of CLI and multi-process

@@ -295,9 +295,11 @@ class STTransformer(nnx.Module):
   def __init__(self, rngs: nnx.Rngs, *, width: int, depth: int,
                num_heads: int, mlp_ratio: int, num_tokens: int,
                max_frames: int, remat: str = "none", dtype: str = "float32",
-               token_causal: bool = False):
+               token_causal: bool = False, scan_unroll: int = 1):
     compute_dtype = DTYPES[dtype]
     self.remat, self.dtype = remat, compute_dtype
+    # lax.scan's unroll; True (every block inline) once it covers the depth.
+    self.scan_unroll = True if 1 < depth <= scan_unroll else scan_unroll
     init = jax.nn.initializers.normal(0.02)
     self.spatial_pos = make_param(rngs, init, (num_tokens, width),
                                   (axes.POSITION, axes.EMBED))
@@ -332,6 +334,7 @@ class STTransformer(nnx.Module):
       apply_block = nnx.remat(apply_block, policy=REMAT_POLICIES[self.remat])
 
     @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
+              unroll=self.scan_unroll,
               transform_metadata={nnx.PARTITION_NAME: axes.LAYERS})
     def run(x: jax.Array, block: STBlock) -> jax.Array:
       return apply_block(x, block)

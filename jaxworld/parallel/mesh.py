@@ -63,8 +63,16 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None) -> Mesh:
           f"that divides {shape[a]}.")
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   if cfg.dcn_data * cfg.dcn_fsdp == 1:
-    return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES,
-                         axis_types=axis_types, devices=devices)
+    try:
+      return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES,
+                           axis_types=axis_types, devices=devices)
+    except NotImplementedError as e:  # a TPU slice's torus cannot host it
+      raise JaxWorldError(
+          f"The mesh {shape} does not map onto the physical topology of "
+          f"these {len(devices)} {devices[0].device_kind} devices: on a TPU "
+          f"slice each mesh axis must be a product of some of the slice's "
+          f"physical axes (XLA: {e}). Choose sizes such as mesh.data=4 "
+          f"mesh.fsdp=32 for a 4x4x8 slice.") from e
   dcn_shape = [dcn.get(a, 1) for a in MESH_AXES]
   ici_shape = [shape[a] // n for a, n in zip(MESH_AXES, dcn_shape)]
   # Slices where there are several (TPU multislice), else processes (hosts).

@@ -88,9 +88,33 @@ def batch_spec(cfg: Config, global_batch: int) -> dict[str, jax.ShapeDtypeStruct
           "actions": jax.ShapeDtypeStruct((global_batch, t), jnp.int32)}
 
 
+@dataclasses.dataclass
+class LoweredStep:
+  """A stage's train step lowered for one mesh and batch shape (from shapes
+  alone: nothing is allocated), before XLA compiles it."""
+  graphdef: Any
+  state_shardings: nnx.State
+  batch_shardings: dict[str, Any]
+  init: Any      # () -> state, created directly in its sharded layout
+  lowered: Any   # jax.stages.Lowered of (state, frozen_state, batch)
+  replicated: Any
+
+
 def compile_step(cfg: Config, stage: str, mesh: Mesh,
                  frozen: Frozen | None) -> CompiledStep:
   """Lowers and compiles init and step ahead of time for this mesh."""
+  low = lower_step(cfg, stage, mesh, frozen)
+  compiled = low.lowered.compile()
+  return CompiledStep(low.graphdef, low.state_shardings, low.batch_shardings,
+                      low.init, compiled, _memory_summary(compiled),
+                      low.replicated)
+
+
+def lower_step(cfg: Config, stage: str, mesh: Mesh,
+               frozen: Frozen | None) -> LoweredStep:
+  """Traces and lowers init and step for this mesh; `frozen.state` may be
+  abstract (ShapeDtypeStructs), so a step can be planned for devices this
+  process does not have."""
   tx = optim.make(cfg.train)
   graphdef, abstract = abstract_state(cfg, stage)
   state_sh = sharding.param_shardings(abstract, mesh, cfg.mesh.rules)
@@ -147,9 +171,9 @@ def compile_step(cfg: Config, stage: str, mesh: Mesh,
   step_jit = jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_sh),
                      out_shardings=(state_sh, replicated), donate_argnums=0)
   with activations.use_rules(mesh, cfg.mesh.rules):  # traced under the rules
-    compiled = step_jit.lower(abstract, frozen_abstract, batch).compile()
-  return CompiledStep(graphdef, state_sh, batch_sh, init_jit, compiled,
-                      _memory_summary(compiled), replicated)
+    lowered = step_jit.lower(abstract, frozen_abstract, batch)
+  return LoweredStep(graphdef, state_sh, batch_sh, init_jit, lowered,
+                     replicated)
 
 
 def new_health(start: int, replicated: Any) -> dict[str, jax.Array]:

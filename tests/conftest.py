@@ -23,15 +23,12 @@ CPU_FLAGS = ("--xla_force_host_platform_device_count=8 "
              "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The CLI's persistent compilation cache stays off in tests (each run
-# compiles, as CI does); tests/test_compile_cache.py turns it on.
-os.environ.setdefault("JAXWORLD_COMPILATION_CACHE", "off")
-
 # Most of the suite's time is XLA compiling the same tiny programs again in
 # other tests, xdist workers and the subprocesses of CLI and multi-process
-# tests. One persistent compilation cache for the run serves them all: set
-# here, before workers and subprocesses start, so they inherit it; removed
-# when the run ends (pytest_unconfigure).
+# tests. One persistent compilation cache for the run serves them all (JAX's
+# own variable, which wins over the CLI's ~/.cache default): set here,
+# before workers and subprocesses start, so they inherit it; removed when
+# the run ends (pytest_unconfigure).
 _OWN_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_XLA_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(

@@ -11,14 +11,19 @@ from jaxworld import cli, compile_cache
 
 @pytest.fixture
 def fresh_cache():
-  """JAX's cache as at start-up, before and after (no dir, not initialised),
-  so the rest of the suite runs without it."""
-  def reset():
-    jax.config.update("jax_compilation_cache_dir", None)
+  """JAX's cache as at start-up without one (no dir, not initialised); the
+  suite's own cache (tests/conftest.py) is put back afterwards."""
+  suite = (jax.config.jax_compilation_cache_dir,
+           jax.config.jax_persistent_cache_min_compile_time_secs)
+
+  def reset(cache_dir, min_compile_time_secs):
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      min_compile_time_secs)
     compilation_cache.reset_cache()
-  reset()
+  reset(None, 1.0)
   yield
-  reset()
+  reset(*suite)
 
 
 def test_cli_turns_the_cache_on_and_a_recompile_hits_it(
@@ -42,7 +47,6 @@ def test_cli_turns_the_cache_on_and_a_recompile_hits_it(
     jax.block_until_ready(jax.jit(f)(jnp.ones(7)))
     assert hits, "the second compile did not read the cache"
   finally:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     monitoring.unregister_event_listener(listen)
 
 

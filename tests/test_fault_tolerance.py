@@ -146,9 +146,10 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(
   assert _saved(run) == [stopped]
   for err in errs:
     assert f"at step {stopped};" in err, err[-2000:]
-  data_dir = run / "checkpoints" / str(stopped) / "data"
-  assert {"process_0-of-2.json", "process_1-of-2.json"} <= {
-      p.name for p in data_dir.iterdir()}
+  position = json.loads((run / "checkpoints" / str(stopped) /
+                         checkpoint.POSITION_ITEM / "metadata").read_text())
+  assert (position["global_batches"], position["process_count"]) == (
+      stopped, 2)
 
 
 def _resume_point(reference, tmp_path, name, step=4):

@@ -1,14 +1,20 @@
-"""Run checkpoints with Orbax: train state, data iterator and config together.
+"""Run checkpoints with Orbax: train state, data position and config together.
 
 Layout of a run directory (`--workdir`):
 
     config.json                  the resolved config the run was started with
     checkpoints/<step>/state     model + optimizer (sharded arrays, async save)
-    checkpoints/<step>/data      Grain iterator state (one file per process)
+    checkpoints/<step>/data_position
+                                 the global data position: global batches
+                                 consumed (JSON), valid on any process count
     checkpoints/<step>/config    the config again, so a step is self-contained
     checkpoints_damaged/<step>   steps a resume found unreadable (kept, moved
                                  aside so new saves are not blocked by them)
     metrics.jsonl, tb/           written by train/metrics.py
+
+Steps saved before the global position was recorded hold `data` (Grain's
+per-process iterator state) instead; they resume at global batch <step>,
+which is what every jaxworld run consumed by then (one batch per step).
 
 The state is stored as a pure nested dict of arrays (`nnx.to_pure_dict`),
 independent of Flax's Variable classes, and restored straight into the
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 UNFINISHED_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX
 COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE
 DAMAGED_DIR = "checkpoints_damaged"
+POSITION_ITEM = "data_position"
+LEGACY_DATA_ITEM = "data"  # Grain iterator state, per process (older steps)
 _MAX_LISTED = 20
 
 
@@ -90,14 +98,16 @@ def _problem(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
 
 
-def step_problem(step_dir: Path, items: tuple[str, ...] = ("state", "data")
-                 ) -> str | None:
-  """What is visibly wrong with a finalized step directory, from its files."""
+def step_problem(step_dir: Path, data: bool = True) -> str | None:
+  """What is visibly wrong with a finalized step directory, from its files
+  (`data`: the data position is needed too)."""
   if not (step_dir / COMMIT_FILE).is_file():
     return f"{COMMIT_FILE} is missing, so its save never finished"
-  for item in items:
-    if not (step_dir / item).is_dir():
-      return f"its {item!r} item is missing"
+  if not (step_dir / "state").is_dir():
+    return "its 'state' item is missing"
+  if data and not ((step_dir / POSITION_ITEM).is_dir()
+                   or (step_dir / LEGACY_DATA_ITEM).is_dir()):
+    return f"its {POSITION_ITEM!r} item is missing"
   if not (step_dir / "state" / "_METADATA").is_file():
     return "state/_METADATA is missing"
   return None
@@ -155,7 +165,8 @@ def _item_handlers() -> dict[str, Any]:
   # Named up front so that a fresh manager can read a step's metadata before
   # (or without) restoring it.
   return {"state": ocp.PyTreeCheckpointHandler(),
-          "data": grain.checkpoint.CheckpointHandler(),
+          POSITION_ITEM: ocp.JsonCheckpointHandler(),
+          LEGACY_DATA_ITEM: grain.checkpoint.CheckpointHandler(),
           "config": ocp.JsonCheckpointHandler()}
 
 
@@ -180,14 +191,26 @@ def _everywhere(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
+def _position(saved: Any, step: int) -> int:
+  """The global batches consumed, from a step's data_position item."""
+  if saved is None:  # a step from before positions were saved
+    return step
+  consumed = saved.get("global_batches") if isinstance(saved, dict) else None
+  if not isinstance(consumed, int) or consumed < 0:
+    raise DamagedStep(f"its {POSITION_ITEM} item holds no global_batches "
+                      f"count ({str(saved)[:100]})")
+  return consumed
+
+
 def _restore_step(manager: ocp.CheckpointManager, step: int, where: str,
-                  target: Any, shardings_pure: Any, data_iterator: Any = None,
-                  model_only: bool = False) -> Any:
-  """Checks, then restores one step's state (a pure dict) and, if given, the
-  data iterator (in place). Raises DamagedStep for an unreadable step and
-  JaxWorldError for one written by a different config."""
-  items = ("state",) if data_iterator is None else ("state", "data")
-  problem = step_problem(Path(manager.directory) / str(step), items)
+                  target: Any, shardings_pure: Any, data: bool = False,
+                  model_only: bool = False) -> tuple[Any, int | None]:
+  """Checks, then restores one step's state (a pure dict) and, with `data`,
+  its global data position (else None). Raises DamagedStep for an
+  unreadable step and JaxWorldError for one written by a different
+  config."""
+  step_dir = Path(manager.directory) / str(step)
+  problem = step_problem(step_dir, data)
   if problem:
     raise DamagedStep(problem)
   check_compatible(saved_arrays(manager, step), leaves(target), where,
@@ -195,10 +218,14 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, where: str,
   args = {"state": ocp.args.PyTreeRestore(
       item=target, restore_args=_restore_args(target, shardings_pure),
       partial_restore=model_only)}
-  if data_iterator is not None:
-    args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  with_position = data and (step_dir / POSITION_ITEM).is_dir()
+  if with_position:
+    args[POSITION_ITEM] = ocp.args.JsonRestore()
   try:
-    return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    position = (_position(restored[POSITION_ITEM] if with_position else None,
+                          step) if data else None)
+    return restored["state"], position
   # Reading a damaged step can raise anything: Orbax re-raises tensorstore's
   # OUT_OF_RANGE for a truncated file as a bare Exception, a truncated JSON
   # file gives a ValueError, a missing item a KeyError.
@@ -242,51 +269,55 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: nnx.State, data_iterator: Any,
+  def save(self, step: int, state: nnx.State, data_position: int,
            cfg: configlib.Config) -> None:
-    """Starts an async save; training continues while arrays are written."""
+    """Starts an async save; training continues while arrays are written.
+    `data_position`: the global batches the run has consumed."""
     unfinished = self.directory / f"{step}{UNFINISHED_SUFFIX}"
     if jax.process_index() == 0 and unfinished.exists():
       log.warning("replacing %s, an earlier save of step %d that never "
                   "finished", unfinished, step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(nnx.to_pure_dict(state)),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
+        **{POSITION_ITEM: ocp.args.JsonSave({
+            "global_batches": int(data_position),
+            "global_batch_size": cfg.train.batch_size,
+            "process_count": jax.process_count()})},
         config=ocp.args.JsonSave(configlib.to_dict(cfg))))
 
   def _restore(self, step: int, abstract_state: nnx.State,
-               shardings: nnx.State, data_iterator: Any) -> nnx.State:
-    restored = _restore_step(
+               shardings: nnx.State) -> tuple[nnx.State, int]:
+    restored, position = _restore_step(
         self.manager, step, f"The checkpoint at step {step} of {self.workdir}",
         _abstract(abstract_state, shardings), nnx.to_pure_dict(shardings),
-        data_iterator)
+        data=True)
     state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy
     nnx.replace_by_pure_dict(state, restored)
-    return state
+    return state, position
 
   def restore(self, step: int, abstract_state: nnx.State,
-              shardings: nnx.State, data_iterator: Any) -> nnx.State:
-    """Restores state (into `shardings`) and the data iterator, in place."""
-    state, problem = _attempt(lambda: self._restore(
-        step, abstract_state, shardings, data_iterator))
+              shardings: nnx.State) -> tuple[nnx.State, int]:
+    """(state restored into `shardings`, global batches consumed)."""
+    found, problem = _attempt(lambda: self._restore(
+        step, abstract_state, shardings))
     if problem:
       raise JaxWorldError(
           f"Cannot restore step {step} of {self.workdir}: {problem}. An "
           f"earlier step may still be readable (`jaxworld ckpt list "
           f"--workdir {self.workdir}`).")
-    return state
+    return found
 
   def restore_latest(self, abstract_state: nnx.State, shardings: nnx.State,
-                     data_iterator: Any, max_step: int | None = None
-                     ) -> tuple[int, nnx.State] | None:
-    """(step, state) of the newest readable step (<= max_step); None if the
-    run has no step.
+                     max_step: int | None = None
+                     ) -> tuple[int, nnx.State, int] | None:
+    """(step, state, global batches consumed) of the newest readable step
+    (<= max_step); None if the run has no step. The data position is
+    global, so the run may continue on any number of processes.
 
     A damaged step is skipped with a warning that names it and the problem,
     and once an older step restores it is moved to <workdir>/
     checkpoints_damaged/, so that saving that step again is not blocked by
-    it. Data iterator: each attempt sets its whole state again, so a failed
-    attempt leaves nothing behind. Raises JaxWorldError if every step is
+    it. Raises JaxWorldError if every step is
     damaged (listing each problem; nothing is moved) or if a step was written
     by a different config (listing the mismatched arrays).
     """
@@ -297,8 +328,8 @@ class Checkpoints:
                     if max_step is None or s <= max_step), reverse=True)
     problems: dict[int, str] = {}
     for step in steps:
-      state, problem = _attempt(lambda step=step: self._restore(
-          step, abstract_state, shardings, data_iterator))
+      found, problem = _attempt(lambda step=step: self._restore(
+          step, abstract_state, shardings))
       if problem:
         problems[step] = problem
       if not _everywhere(problem is None):
@@ -307,7 +338,7 @@ class Checkpoints:
                     "older step", step, self.workdir, problems[step])
         continue
       self._move_aside(problems)
-      return step, state
+      return step, *found
     if not problems:
       return None
     raise JaxWorldError(
@@ -372,7 +403,7 @@ def restore_model(workdir: str | Path, abstract_model: nnx.State,
         f"is damaged; pick another step (`jaxworld ckpt list --workdir "
         f"{workdir}`).")
   state = jax.tree.map(lambda x: x, abstract_model)
-  nnx.replace_by_pure_dict(state, restored["model"])
+  nnx.replace_by_pure_dict(state, restored[0]["model"])
   return state
 
 

@@ -24,7 +24,9 @@ Saves are atomic: Orbax writes `<step>.orbax-checkpoint-tmp`, puts
 `commit_success.txt` in it and renames it to `<step>` when every item is
 written; old steps are deleted only after that. An interrupted save leaves
 the tmp directory, which Orbax never lists as a step; we keep it until the
-same step is saved again (Orbax then replaces it, and we say so).
+same step is saved again (Orbax then replaces it, and we say so). A save that
+fails (a full disk, no permission) therefore leaves every earlier step
+readable; it stops the run with SaveFailed, which says so.
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class DamagedStep(Exception):
   """A step that cannot be read; the message says what is wrong with it."""
 
 
+class SaveFailed(JaxWorldError):
+  """A checkpoint could not be written; earlier steps are intact."""
+
+
 def _restore_args(abstract_pure: Any, shardings_pure: Any) -> Any:
   return jax.tree.map(lambda a, s: ocp.ArrayRestoreArgs(
       sharding=s, global_shape=a.shape, dtype=a.dtype),
@@ -91,11 +97,16 @@ def describe(leaf: Any) -> str:
   return f"{np.dtype(dtype).name if dtype is not None else '?'}[{shape}]"
 
 
-def _problem(e: BaseException) -> str:
+def _problem(e: BaseException, keep_end: bool = False) -> str:
+  """The root cause, shortened; `keep_end` keeps its end too, where a failed
+  write names the OS error."""
   while e.__cause__ is not None:  # the root cause names the file and byte
     e = e.__cause__
   text = " ".join(str(e).split())
-  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+  if len(text) > 300:
+    text = (f"{text[:150]} ... {text[-150:]}" if keep_end
+            else f"{text[:300]}...")
+  return f"{type(e).__name__}: {text}"
 
 
 def step_problem(step_dir: Path, data: bool = True) -> str | None:
@@ -265,6 +276,8 @@ class Checkpoints:
             # same step is saved again (see save()), never swept at start.
             cleanup_tmp_directories=False,
             create=True, enable_async_checkpointing=async_save))
+    self._pending: int | None = None  # the step an async save is writing
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -273,17 +286,19 @@ class Checkpoints:
            cfg: configlib.Config) -> None:
     """Starts an async save; training continues while arrays are written.
     `data_position`: the global batches the run has consumed."""
+    self.wait()  # Orbax would too; this way a failure names its step
     unfinished = self.directory / f"{step}{UNFINISHED_SUFFIX}"
     if jax.process_index() == 0 and unfinished.exists():
       log.warning("replacing %s, an earlier save of step %d that never "
                   "finished", unfinished, step)
-    self.manager.save(step, args=ocp.args.Composite(
+    self._pending = step
+    self._finish(lambda: self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(nnx.to_pure_dict(state)),
         **{POSITION_ITEM: ocp.args.JsonSave({
             "global_batches": int(data_position),
             "global_batch_size": cfg.train.batch_size,
             "process_count": jax.process_count()})},
-        config=ocp.args.JsonSave(configlib.to_dict(cfg))))
+        config=ocp.args.JsonSave(configlib.to_dict(cfg)))))
 
   def _restore(self, step: int, abstract_state: nnx.State,
                shardings: nnx.State) -> tuple[nnx.State, int]:
@@ -364,10 +379,43 @@ class Checkpoints:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Blocks until the save in flight is written; raises SaveFailed if it
+    failed."""
+    if self._pending is not None and not self._failed:
+      self._finish(self.manager.wait_until_finished, written=True)
+
+  def _finish(self, call: Any, written: bool = False) -> None:
+    """Runs a save or a wait; any error becomes one SaveFailed naming the
+    step, the cause and what is still intact."""
+    try:
+      call()
+    except Exception as e:  # pylint: disable=broad-except  # e.g. ENOSPC
+      self._failed = True
+      step, self._pending = self._pending, None
+      raise self._save_failed(step, e) from e
+    if written:
+      self._pending = None
+
+  def _save_failed(self, step: int | None, error: BaseException
+                   ) -> SaveFailed:
+    saved = sorted(self.manager.all_steps(read=True))
+    intact = (f"Steps {saved} are intact and step {saved[-1]} is where "
+              f"--resume continues" if saved else "No earlier step was saved")
+    return SaveFailed(
+        f"Saving checkpoint step {step} to {self.directory} failed "
+        f"({_problem(error, keep_end=True)}). {intact}; what was written of step {step} "
+        f"(if anything, in {step}{UNFINISHED_SUFFIX}) is ignored and replaced "
+        f"when that step is saved again. Free disk space or fix the "
+        f"directory's "
+        f"permissions, then rerun the same command with --resume.")
 
   def close(self) -> None:
-    self.manager.close()
+    try:
+      self.manager.close()
+    except Exception:  # pylint: disable=broad-except
+      if not self._failed:
+        raise
+      log.debug("closing after a failed save", exc_info=True)
 
 
 def read_only_manager(workdir: str | Path) -> ocp.CheckpointManager:

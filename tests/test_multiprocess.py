@@ -30,9 +30,10 @@ def _train_cmd(data, workdir, *extra):
 
 def _launch(processes, devices, workdir, data, *extra):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  # The launcher's own timeout kills a hung job; the outer one is a backstop.
   cmd = [sys.executable, str(ROOT / "launch" / "local.py"), "--processes",
-         str(processes), "--devices-per-process", str(devices), "--",
-         *_train_cmd(data, workdir, *extra)]
+         str(processes), "--devices-per-process", str(devices), "--timeout",
+         "240", "--", *_train_cmd(data, workdir, *extra)]
   return subprocess.run(cmd, env=env, capture_output=True, text=True,
                         timeout=300)
 
@@ -153,3 +154,58 @@ def test_dead_process_stops_the_others(tiny_dataset, tmp_path, monkeypatch):
   # is stopped while waiting depends on where it was when the peer died.
   assert re.search(r"Task 1 heartbeat timeout|stopped sending heartbeats\)"
                    r":\s*1\b", err), err[-3000:]
+
+
+# Process 1 stays alive (its heartbeats go on) but never joins the second
+# collective, as a deadlocked or hung process would.
+_STUCK_PEER = """
+import sys, time
+import numpy as np, jax
+from jax.experimental import multihost_utils
+from jaxworld.parallel import distributed
+distributed.maybe_initialize_distributed()
+multihost_utils.process_allgather(np.ones(2))
+if jax.process_index() == 1:
+  time.sleep(300)
+try:
+  multihost_utils.process_allgather(np.ones(2))
+except Exception as e:
+  print(distributed.lost_peer_message(e), flush=True)
+  sys.exit(3)
+"""
+
+
+def test_stuck_peer_is_a_clear_error_in_bounded_time(monkeypatch):
+  """A collective that a live peer never joins fails after
+  JAXWORLD_COLLECTIVE_TIMEOUT_S (jaxworld sets XLA:CPU's collective timeout
+  for gloo) with a message that says so, instead of waiting forever; and
+  launch/local.py --timeout kills a job that does not finish."""
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setenv("JAXWORLD_COLLECTIVE_TIMEOUT_S", "5")
+  monkeypatch.setenv("JAXWORLD_HEARTBEAT_TIMEOUT_S", "5")  # also the exit wait
+  address = launcher.free_address()
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _STUCK_PEER],
+      env=launcher.process_env(i, 2, address, 1), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    out, err = procs[0].communicate(timeout=120)
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  # Not 3: at exit, JAX's shutdown barrier waits for the stuck peer too,
+  # then aborts the process (as after a lost peer).
+  assert procs[0].returncode != 0, err[-3000:]
+  assert "waited 5 s for another process that is alive but never joined" \
+      in out, out + err[-3000:]
+  assert "Timed out waiting" in out
+
+  start = time.monotonic()
+  hung = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "local.py"), "--processes", "2",
+       "--timeout", "2", "--", sys.executable, "-c",
+       "import time; time.sleep(120)"], capture_output=True, text=True,
+      timeout=60)
+  assert hung.returncode == 124 and time.monotonic() - start < 30
+  assert "did not finish within 2 s (--timeout)" in hung.stderr

@@ -76,40 +76,39 @@ def _copy_until(run, step, dest):
 
 def test_resume_on_another_process_count_continues_the_global_stream(
     tiny_dataset, tmp_path):
-  """Checkpointed on 2 processes and continued on 1, checkpointed on 1 and
-  continued on 2 (each with its own FSDP mesh): every step trains on
-  exactly the batch of the uninterrupted run (batch fingerprints equal,
-  batch for batch) and gives its loss within the sharded-vs-single
-  tolerance."""
-  common = ("mesh.preset=fsdp", "train.steps=6", "train.checkpoint_every=3")
-  cfg = configlib.load(configlib.resolve("tokenizer"), [
-      *TINY, *common, "train.log_every=1", f"data.path={tiny_dataset}"])
-  loop.train(cfg, tmp_path / "one")  # uninterrupted, 1 process x 8 devices
+  """An uninterrupted run on 2 processes; its step-2 checkpoint continued
+  on 1 process, and that run's step-4 checkpoint continued on 2 again (each
+  with its own FSDP mesh, 4 or 8 devices): every step trains on exactly the
+  batch of the uninterrupted run (batch fingerprints equal, batch for
+  batch) and gives its loss within the sharded-vs-single tolerance."""
+  common = ("mesh.preset=fsdp", "train.steps=6", "train.checkpoint_every=2")
   two = _launch(2, 2, tmp_path / "two", tiny_dataset, *common)
   assert two.returncode == 0, two.stderr[-3000:]
-  position = json.loads((tmp_path / "two" / "checkpoints" / "3" /
+  position = json.loads((tmp_path / "two" / "checkpoints" / "2" /
                          checkpoint.POSITION_ITEM / "metadata").read_text())
-  assert (position["global_batches"], position["process_count"]) == (3, 2)
+  assert (position["global_batches"], position["process_count"]) == (2, 2)
 
-  two_to_one = _copy_until(tmp_path / "two", 3, tmp_path / "two_to_one")
-  loop.train(cfg, two_to_one, resume=True)
-  one_to_two = _copy_until(tmp_path / "one", 3, tmp_path / "one_to_two")
+  two_to_one = _copy_until(tmp_path / "two", 2, tmp_path / "two_to_one")
+  cfg = configlib.load(configlib.resolve("tokenizer"), [
+      *TINY, *common, "train.log_every=1", f"data.path={tiny_dataset}"])
+  loop.train(cfg, two_to_one, resume=True)  # 1 process x 8 devices
+  one_to_two = _copy_until(two_to_one, 4, tmp_path / "one_to_two")
   resumed = _launch(2, 2, one_to_two, tiny_dataset, *common, "--resume")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "(global batch 3) on 2 processes" in resumed.stderr
+  assert "(global batch 4) on 2 processes" in resumed.stderr
 
-  expected = _metric(tmp_path / "one", "batch_fingerprint")
+  expected = _metric(tmp_path / "two", "batch_fingerprint")
   assert len(set(expected.values())) == 6  # each batch tells itself apart
-  expected_loss = _metric(tmp_path / "one", "loss")
-  for run in ("two", "two_to_one", "one_to_two"):
-    assert _metric(tmp_path / run, "batch_fingerprint") == expected, run
-    got = _metric(tmp_path / run, "loss")
+  expected_loss = _metric(tmp_path / "two", "loss")
+  for run in (two_to_one, one_to_two):
+    assert _metric(run, "batch_fingerprint") == expected, run
+    got = _metric(run, "loss")
     assert sorted(got) == list(range(1, 7)), run
     # fp32: 4 and 8 devices, gloo and in-process all-reduces sum in
     # different orders.
     np.testing.assert_allclose([got[s] for s in range(1, 7)],
                                [expected_loss[s] for s in range(1, 7)],
-                               rtol=2e-4, err_msg=run)
+                               rtol=2e-4, err_msg=str(run))
 
 
 def test_tensor_group_across_processes_is_refused(tiny_dataset, tmp_path):

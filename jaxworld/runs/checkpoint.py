@@ -202,6 +202,26 @@ def _everywhere(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
+def _reader(directory: Path) -> ocp.CheckpointManager:
+  """A read-only manager whose restores wait for no other process.
+
+  Orbax ends a restore with a barrier over all processes (by default a
+  collective on the devices). A process whose read of a damaged file fails
+  skips that barrier and goes on to _everywhere, so the processes would meet
+  in two different collectives, and gloo aborts them all. With this
+  process's own set as the active processes Orbax skips its barriers; each
+  process reads its own shards, and then all of them agree in the one
+  collective of _everywhere.
+  """
+  me = jax.process_index()
+  return ocp.CheckpointManager(
+      directory, item_handlers=_item_handlers(),
+      options=ocp.CheckpointManagerOptions(
+          create=False, read_only=True, enable_async_checkpointing=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              primary_host=me, active_processes={me})))
+
+
 def _position(saved: Any, step: int) -> int:
   """The global batches consumed, from a step's data_position item."""
   if saved is None:  # a step from before positions were saved
@@ -300,10 +320,11 @@ class Checkpoints:
             "process_count": jax.process_count()})},
         config=ocp.args.JsonSave(configlib.to_dict(cfg)))))
 
-  def _restore(self, step: int, abstract_state: nnx.State,
-               shardings: nnx.State) -> tuple[nnx.State, int]:
+  def _restore(self, reader: ocp.CheckpointManager, step: int,
+               abstract_state: nnx.State, shardings: nnx.State
+               ) -> tuple[nnx.State, int]:
     restored, position = _restore_step(
-        self.manager, step, f"The checkpoint at step {step} of {self.workdir}",
+        reader, step, f"The checkpoint at step {step} of {self.workdir}",
         _abstract(abstract_state, shardings), nnx.to_pure_dict(shardings),
         data=True)
     state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy
@@ -313,9 +334,11 @@ class Checkpoints:
   def restore(self, step: int, abstract_state: nnx.State,
               shardings: nnx.State) -> tuple[nnx.State, int]:
     """(state restored into `shardings`, global batches consumed)."""
-    found, problem = _attempt(lambda: self._restore(
-        step, abstract_state, shardings))
-    if problem:
+    with _reader(self.directory) as reader:
+      found, problem = _attempt(lambda: self._restore(
+          reader, step, abstract_state, shardings))
+    if not _everywhere(problem is None):
+      problem = problem or "it could not be read on another process"
       raise JaxWorldError(
           f"Cannot restore step {step} of {self.workdir}: {problem}. An "
           f"earlier step may still be readable (`jaxworld ckpt list "
@@ -342,16 +365,22 @@ class Checkpoints:
     steps = sorted((s for s in self.manager.all_steps()
                     if max_step is None or s <= max_step), reverse=True)
     problems: dict[int, str] = {}
-    for step in steps:
-      found, problem = _attempt(lambda step=step: self._restore(
-          step, abstract_state, shardings))
-      if problem:
-        problems[step] = problem
-      if not _everywhere(problem is None):
-        problems.setdefault(step, "it could not be read on another process")
-        log.warning("checkpoint step %d of %s is damaged: %s; trying an "
-                    "older step", step, self.workdir, problems[step])
-        continue
+    with _reader(self.directory) as reader:
+      for step in steps:
+        found, problem = _attempt(lambda step=step: self._restore(
+            reader, step, abstract_state, shardings))
+        if problem:
+          problems[step] = problem
+        if not _everywhere(problem is None):
+          problems.setdefault(step, "it could not be read on another "
+                              "process")
+          log.warning("checkpoint step %d of %s is damaged: %s; trying an "
+                      "older step", step, self.workdir, problems[step])
+          continue
+        break
+      else:
+        found = None
+    if found is not None:
       self._move_aside(problems)
       return step, *found
     if not problems:
@@ -419,9 +448,8 @@ class Checkpoints:
 
 
 def read_only_manager(workdir: str | Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      Path(workdir).absolute() / "checkpoints", item_handlers=_item_handlers(),
-      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  """Reads a run's checkpoints; its restores are process-local (_reader)."""
+  return _reader(Path(workdir).absolute() / "checkpoints")
 
 
 def saved_steps(workdir: str | Path) -> list[int]:
@@ -445,7 +473,8 @@ def restore_model(workdir: str | Path, abstract_model: nnx.State,
     restored, problem = _attempt(lambda: _restore_step(
         manager, step, f"The checkpoint at step {step} of {workdir}", target,
         {"model": nnx.to_pure_dict(shardings)}, model_only=True))
-  if problem:
+  if not _everywhere(problem is None):  # so every process raises
+    problem = problem or "it could not be read on another process"
     raise JaxWorldError(
         f"Cannot restore step {step} of {workdir}: {problem}. The checkpoint "
         f"is damaged; pick another step (`jaxworld ckpt list --workdir "

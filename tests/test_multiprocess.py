@@ -77,11 +77,15 @@ def _copy_until(run, step, dest):
 def test_resume_on_another_process_count_continues_the_global_stream(
     tiny_dataset, tmp_path):
   """An uninterrupted run on 2 processes; its step-2 checkpoint continued
-  on 1 process, and that run's step-4 checkpoint continued on 2 again (each
-  with its own FSDP mesh, 4 or 8 devices): every step trains on exactly the
-  batch of the uninterrupted run (batch fingerprints equal, batch for
-  batch) and gives its loss within the sharded-vs-single tolerance."""
-  common = ("mesh.preset=fsdp", "train.steps=6", "train.checkpoint_every=2")
+  on 1 process, and that run continued on 2 again from step 4, past a
+  newer step that one of the 2 processes cannot read (each with its own
+  FSDP mesh, 4 or 8 devices): every step trains on exactly the batch of
+  the uninterrupted run (batch fingerprints equal, batch for batch) and
+  gives its loss within the sharded-vs-single tolerance."""
+  # A constant learning rate after warmup: the last resume runs one step
+  # more without changing the schedule of steps 1-6.
+  common = ("mesh.preset=fsdp", "train.steps=6", "train.checkpoint_every=2",
+            "train.final_lr_fraction=1")
   two = _launch(2, 2, tmp_path / "two", tiny_dataset, *common)
   assert two.returncode == 0, two.stderr[-3000:]
   position = json.loads((tmp_path / "two" / "checkpoints" / "2" /
@@ -93,17 +97,30 @@ def test_resume_on_another_process_count_continues_the_global_stream(
       *TINY, *common, "train.log_every=1", f"data.path={tiny_dataset}"])
   loop.train(cfg, two_to_one, resume=True)  # 1 process x 8 devices
   one_to_two = _copy_until(two_to_one, 4, tmp_path / "one_to_two")
-  resumed = _launch(2, 2, one_to_two, tiny_dataset, *common, "--resume")
+  # Newer, damaged: step 6 as the 2-process run saved it, with the array
+  # files that process 1 wrote (and alone reads back on the same mesh) cut
+  # in half. Process 1 cannot read it and process 0 can; both must take
+  # step 4. Seven steps, as a run already at train.steps restores nothing.
+  step6 = one_to_two / "checkpoints" / "6"
+  shutil.copytree(tmp_path / "two" / "checkpoints" / "6", step6)
+  for f in (step6 / "state" / "ocdbt.process_1" / "d").iterdir():
+    f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+  resumed = _launch(2, 2, one_to_two, tiny_dataset, *common, "train.steps=7",
+                    "--resume")
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "is damaged: it could not be read on another process" in \
+      resumed.stderr  # process 0 read it: that case aborted every process
   assert "(global batch 4) on 2 processes" in resumed.stderr
+  assert (one_to_two / checkpoint.DAMAGED_DIR / "6").is_dir()
 
   expected = _metric(tmp_path / "two", "batch_fingerprint")
   assert len(set(expected.values())) == 6  # each batch tells itself apart
   expected_loss = _metric(tmp_path / "two", "loss")
-  for run in (two_to_one, one_to_two):
-    assert _metric(run, "batch_fingerprint") == expected, run
+  for run, last in ((two_to_one, 6), (one_to_two, 7)):
+    got = _metric(run, "batch_fingerprint")
+    assert sorted(got) == list(range(1, last + 1)), run
+    assert {s: got[s] for s in range(1, 7)} == expected, run
     got = _metric(run, "loss")
-    assert sorted(got) == list(range(1, 7)), run
     # fp32: 4 and 8 devices, gloo and in-process all-reduces sum in
     # different orders.
     np.testing.assert_allclose([got[s] for s in range(1, 7)],

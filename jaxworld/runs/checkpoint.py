@@ -31,11 +31,12 @@ readable; it stops the run with SaveFailed, which says so.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -181,18 +182,29 @@ def _item_handlers() -> dict[str, Any]:
           "config": ocp.JsonCheckpointHandler()}
 
 
-def _collect_failed_reads() -> None:
+@contextlib.contextmanager
+def _failed_reads_to_debug_log() -> Iterator[None]:
   """After a failed restore Orbax leaves the coroutines of its other reads
-  behind; collected later, each prints its whole TensorStore spec to stderr.
-  The step's problem is already reported: collect them now, to the debug
-  log."""
+  behind; collected later, each prints its whole TensorStore spec to stderr,
+  and reads still in flight when a reader closes report its closed event
+  loop. The step's problem is already reported: while this lasts, and in a
+  collection at its end, they go to the debug log."""
   hook = sys.unraisablehook
   sys.unraisablehook = lambda u: log.debug("after a failed restore: %s",
                                            u.exc_value)
   try:
-    gc.collect()
+    yield
   finally:
-    sys.unraisablehook = hook
+    try:
+      gc.collect()
+    finally:
+      sys.unraisablehook = hook
+
+
+def _collect_failed_reads() -> None:
+  """Collects a failed restore's leftover reads now (see above)."""
+  with _failed_reads_to_debug_log():
+    pass
 
 
 def _everywhere(ok: bool) -> bool:
@@ -334,7 +346,7 @@ class Checkpoints:
   def restore(self, step: int, abstract_state: nnx.State,
               shardings: nnx.State) -> tuple[nnx.State, int]:
     """(state restored into `shardings`, global batches consumed)."""
-    with _reader(self.directory) as reader:
+    with _failed_reads_to_debug_log(), _reader(self.directory) as reader:
       found, problem = _attempt(lambda: self._restore(
           reader, step, abstract_state, shardings))
     if not _everywhere(problem is None):
@@ -365,7 +377,7 @@ class Checkpoints:
     steps = sorted((s for s in self.manager.all_steps()
                     if max_step is None or s <= max_step), reverse=True)
     problems: dict[int, str] = {}
-    with _reader(self.directory) as reader:
+    with _failed_reads_to_debug_log(), _reader(self.directory) as reader:
       for step in steps:
         found, problem = _attempt(lambda step=step: self._restore(
             reader, step, abstract_state, shardings))
@@ -469,7 +481,7 @@ def restore_model(workdir: str | Path, abstract_model: nnx.State,
         f"{workdir} has no checkpoint at step {step} (it has "
         f"{steps or 'none'}). Train that run first, or pick a kept step.")
   target = {"model": _abstract(abstract_model, shardings)}
-  with read_only_manager(workdir) as manager:
+  with _failed_reads_to_debug_log(), read_only_manager(workdir) as manager:
     restored, problem = _attempt(lambda: _restore_step(
         manager, step, f"The checkpoint at step {step} of {workdir}", target,
         {"model": nnx.to_pure_dict(shardings)}, model_only=True))

@@ -22,6 +22,12 @@ import time
 
 
 
+# Seconds a stopped process gets to exit before it is killed: more than the
+# heartbeat timeout (jaxworld/parallel/distributed.py), after which the JAX
+# runtime stops a process whose peer is gone.
+_GRACE_S = 30
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -54,6 +60,10 @@ def main() -> int:
   p.add_argument("--processes", type=int, default=2)
   p.add_argument("--devices-per-process", type=int, default=1,
                  help="Simulated CPU devices per process.")
+  p.add_argument("--timeout", type=float, default=0,
+                 help="Stop every process after this many seconds and exit "
+                      "with status 124 (0: no limit). Scripts and tests set "
+                      "it, so that a hang becomes an error.")
   p.add_argument("command", nargs=argparse.REMAINDER)
   args = p.parse_args()
   command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -66,25 +76,41 @@ def main() -> int:
   # The distributed runtime stops the survivors of a dead process within its
   # heartbeat timeout; the launcher also names the first failure and stops
   # the rest, so a laptop run never hangs.
-  while True:
-    codes = [proc.poll() for proc in procs]
-    failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-    if failed or all(c == 0 for c in codes):
-      break
-    time.sleep(0.2)
-  if failed:
-    i, code = failed[0]
-    why = (f"was killed by signal {-code}" if code < 0
-           else f"exited with status {code}")
-    print(f"launch/local.py: process {i} {why}; stopping the others.",
-          file=sys.stderr)
-  for proc in procs:
-    if proc.poll() is None:
-      proc.terminate()
-  for proc in procs:
-    proc.wait()
+  deadline = time.monotonic() + args.timeout if args.timeout else None
+  failed, timed_out = [], False
+  try:
+    while True:
+      codes = [proc.poll() for proc in procs]
+      failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+      if failed or all(c == 0 for c in codes):
+        break
+      if deadline is not None and time.monotonic() > deadline:
+        timed_out = True
+        break
+      time.sleep(0.2)
+  finally:  # also on Ctrl-C: leave no process behind
+    if timed_out:
+      print(f"launch/local.py: the processes did not finish within "
+            f"{args.timeout:g} s (--timeout); killing them. A stuck process "
+            f"shows in its log where it waits.", file=sys.stderr)
+    elif failed:
+      i, code = failed[0]
+      why = (f"was killed by signal {-code}" if code < 0
+             else f"exited with status {code}")
+      print(f"launch/local.py: process {i} {why}; stopping the others.",
+            file=sys.stderr)
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill() if timed_out else proc.terminate()
+    for proc in procs:
+      try:  # a JAX process may sit out SIGTERM (its preemption service
+        proc.wait(timeout=_GRACE_S)  # takes it); it is killed after a grace
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+  if timed_out:
+    return 124
   return (failed[0][1] if failed[0][1] > 0 else 1) if failed else 0
-
 
 if __name__ == "__main__":
   sys.exit(main())

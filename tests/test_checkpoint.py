@@ -1,6 +1,6 @@
 """Checkpoints: damage falls back with a warning, bad shapes get a list,
-retention, and the `ckpt list` / `ckpt show` data. A two-layer state and a
-Grain range iterator keep every test to a second or two."""
+retention, the data position, and the `ckpt list` / `ckpt show` data. A
+two-layer state keeps every test to a second or two."""
 
 import json
 import logging
@@ -10,6 +10,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -35,33 +36,23 @@ def _abstract(features: int = 32):
   return abstract, jax.tree.map(lambda _: device, abstract)
 
 
-def _data():
-  return iter(grain.MapDataset.range(100).to_iter_dataset())
-
-
 def _save(workdir, steps, keep=10, keep_every=0):
-  """Saves `steps`; at step s the bias is s and the data is at element s."""
-  data = _data()
+  """Saves `steps`; at step s the bias is s and the data position 10 * s
+  (not s, so a position read back is not mistaken for the step)."""
   ckpts = checkpoint.Checkpoints(workdir, keep, keep_every)
-  consumed = 0
   for step in steps:
-    while consumed < step:
-      next(data)
-      consumed += 1
-    ckpts.save(step, nnx.state(_train_state(bias=step)), data, CFG)
+    ckpts.save(step, nnx.state(_train_state(bias=step)), 10 * step, CFG)
   ckpts.wait()
   ckpts.close()
 
 
 def _restore_latest(workdir, features=32, **kwargs):
   abstract, shardings = _abstract(features)
-  data = _data()
   ckpts = checkpoint.Checkpoints(workdir)
   try:
-    found = ckpts.restore_latest(abstract, shardings, data, **kwargs)
+    return ckpts.restore_latest(abstract, shardings, **kwargs)
   finally:
     ckpts.close()
-  return found, data
 
 
 def _truncate(path):  # as a full disk or a killed copy leaves a file
@@ -82,11 +73,12 @@ DAMAGE = {
         _truncate_arrays, "OUT_OF_RANGE: Error reading \"model.kernel"),
     "truncated state metadata": (
         lambda d: _truncate(d / "state" / "_METADATA"), "metadata"),
-    "truncated iterator state": (
-        lambda d: _truncate(d / "data" / "process_0-of-1.json"),
+    "truncated data position": (
+        lambda d: _truncate(d / checkpoint.POSITION_ITEM / "metadata"),
         "JSONDecodeError"),
-    "missing data item": (
-        lambda d: shutil.rmtree(d / "data"), "'data' item is missing"),
+    "missing data position": (
+        lambda d: shutil.rmtree(d / checkpoint.POSITION_ITEM),
+        "'data_position' item is missing"),
     "no commit marker": (
         lambda d: (d / checkpoint.COMMIT_FILE).unlink(), "never finished"),
 }
@@ -99,22 +91,21 @@ def test_damaged_newest_step_falls_back_with_warning(tmp_path, caplog,
   harm, named = DAMAGE[damage]
   harm(tmp_path / "checkpoints" / "2")
   abstract, shardings = _abstract()
-  data = _data()
   ckpts = checkpoint.Checkpoints(tmp_path)
   with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
-    step, state = ckpts.restore_latest(abstract, shardings, data)
+    step, state, position = ckpts.restore_latest(abstract, shardings)
   assert step == 1
   assert float(state["model"]["bias"][0]) == 1.0
-  assert next(data) == 1  # the iterator is where step 1 left it
+  assert position == 10  # the data position step 1 saved
   warning = "\n".join(r.getMessage() for r in caplog.records)
   assert "step 2" in warning and named in warning
   # Moved aside, not deleted, so that the resumed run can save step 2 again.
   assert (tmp_path / checkpoint.DAMAGED_DIR / "2").is_dir()
   assert checkpoint.saved_steps(tmp_path) == [1]
-  ckpts.save(2, nnx.state(_train_state(bias=2)), data, CFG)
+  ckpts.save(2, nnx.state(_train_state(bias=2)), 20, CFG)
   ckpts.close()
   assert checkpoint.saved_steps(tmp_path) == [1, 2]
-  assert _restore_latest(tmp_path)[0][0] == 2
+  assert _restore_latest(tmp_path)[0] == 2
   assert [r["status"][:11] for r in ckpt_info.list_steps(tmp_path)] == [
       "ok", "ok", "moved aside"]
 
@@ -128,7 +119,7 @@ def test_unfinished_save_is_ignored_and_kept(tmp_path, caplog):
   (unfinished / checkpoint.COMMIT_FILE).unlink()
   assert checkpoint.saved_steps(tmp_path) == [1, 2]
   with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
-    (step, _), _ = _restore_latest(tmp_path)
+    step, _, _ = _restore_latest(tmp_path)
   assert step == 2 and unfinished.is_dir()
   assert unfinished.name in caplog.text and "never finished" in caplog.text
   rows = ckpt_info.list_steps(tmp_path)
@@ -143,20 +134,20 @@ def test_unfinished_save_is_ignored_and_kept(tmp_path, caplog):
 
 def test_every_step_damaged_is_one_clear_error(tmp_path):
   _save(tmp_path, [1, 2])
-  shutil.rmtree(tmp_path / "checkpoints" / "2" / "data")
+  shutil.rmtree(tmp_path / "checkpoints" / "2" / checkpoint.POSITION_ITEM)
   _truncate_arrays(tmp_path / "checkpoints" / "1")
   with pytest.raises(JaxWorldError) as e:
     _restore_latest(tmp_path)
-  assert "step 2: its 'data' item is missing" in str(e.value)
+  assert "step 2: its 'data_position' item is missing" in str(e.value)
   assert "step 1: " in str(e.value) and "new --workdir" in str(e.value)
   assert checkpoint.saved_steps(tmp_path) == [1, 2]  # nothing was moved
   assert not (tmp_path / checkpoint.DAMAGED_DIR).exists()
 
 
 def test_no_steps_and_max_step(tmp_path):
-  assert _restore_latest(tmp_path)[0] is None
+  assert _restore_latest(tmp_path) is None
   _save(tmp_path, [1, 2])
-  assert _restore_latest(tmp_path, max_step=1)[0][0] == 1
+  assert _restore_latest(tmp_path, max_step=1)[0] == 1
 
 
 def test_other_config_lists_mismatched_arrays_without_fallback(tmp_path,
@@ -179,7 +170,7 @@ def test_other_config_lists_mismatched_arrays_without_fallback(tmp_path,
                              2)
   ckpts = checkpoint.Checkpoints(tmp_path)
   with pytest.raises(JaxWorldError, match="model/bias: saved float32"):
-    ckpts.restore(2, abstract, shardings, _data())
+    ckpts.restore(2, abstract, shardings)
   ckpts.close()
 
 
@@ -187,9 +178,8 @@ def test_restore_of_a_named_step_and_its_damage(tmp_path):
   _save(tmp_path, [1, 2])
   abstract, shardings = _abstract()
   ckpts = checkpoint.Checkpoints(tmp_path)
-  data = _data()
-  state = ckpts.restore(1, abstract, shardings, data)
-  assert float(state["model"]["bias"][0]) == 1.0 and next(data) == 1
+  state, position = ckpts.restore(1, abstract, shardings)
+  assert float(state["model"]["bias"][0]) == 1.0 and position == 10
   model = checkpoint.restore_model(tmp_path, abstract["model"],
                                    shardings["model"], 2)
   assert float(model["bias"][0]) == 2.0
@@ -198,9 +188,35 @@ def test_restore_of_a_named_step_and_its_damage(tmp_path):
     checkpoint.restore_model(tmp_path, abstract["model"], shardings["model"],
                              2)
   with pytest.raises(JaxWorldError, match="Cannot restore step 2.*OUT_OF_"):
-    ckpts.restore(2, abstract, shardings, _data())
+    ckpts.restore(2, abstract, shardings)
   ckpts.close()
   assert checkpoint.saved_steps(tmp_path) == [1, 2]  # a named step stays
+
+
+def test_position_is_global_and_older_steps_resume_at_their_step(tmp_path):
+  """The saved position names global batches and the global batch, for any
+  process count; a step saved before positions were (Grain's per-process
+  iterator state in `data`) resumes at global batch <step>."""
+  _save(tmp_path, [3])
+  saved = json.loads((tmp_path / "checkpoints" / "3" /
+                      checkpoint.POSITION_ITEM / "metadata").read_text())
+  assert saved == {"global_batches": 30, "process_count": 1,
+                   "global_batch_size": CFG.train.batch_size}
+  legacy = tmp_path / "legacy"
+  ckpts = checkpoint.Checkpoints(legacy)
+  data = iter(grain.MapDataset.range(100).to_iter_dataset())
+  for _ in range(5):
+    next(data)
+  ckpts.manager.save(5, args=ocp.args.Composite(
+      state=ocp.args.PyTreeSave(nnx.to_pure_dict(
+          nnx.state(_train_state(bias=5)))),
+      data=grain.checkpoint.CheckpointSave(data),
+      config=ocp.args.JsonSave(configlib.to_dict(CFG))))
+  ckpts.wait()
+  ckpts.close()
+  step, state, position = _restore_latest(legacy)
+  assert (step, position) == (5, 5)
+  assert float(state["model"]["bias"][0]) == 5.0
 
 
 def test_retention_keeps_last_k_and_every_mth(tmp_path):

@@ -146,9 +146,10 @@ def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(
   assert _saved(run) == [stopped]
   for err in errs:
     assert f"at step {stopped};" in err, err[-2000:]
-  data_dir = run / "checkpoints" / str(stopped) / "data"
-  assert {"process_0-of-2.json", "process_1-of-2.json"} <= {
-      p.name for p in data_dir.iterdir()}
+  position = json.loads((run / "checkpoints" / str(stopped) /
+                         checkpoint.POSITION_ITEM / "metadata").read_text())
+  assert (position["global_batches"], position["process_count"]) == (
+      stopped, 2)
 
 
 def _resume_point(reference, tmp_path, name, step=4):
@@ -159,6 +160,43 @@ def _resume_point(reference, tmp_path, name, step=4):
     if s > step:
       shutil.rmtree(run / "checkpoints" / str(s))
   return run
+
+
+def _with_file_size_limit(limit, cmd):
+  """`cmd` where a write past `limit` bytes fails (EFBIG), as on a full
+  disk, without root or a mount. SIGXFSZ is ignored (inherited across exec),
+  so the write returns the error instead of killing the process."""
+  return [sys.executable, "-c",
+          "import os, resource, signal, sys; "
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+          f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+          "os.execv(sys.argv[1], sys.argv[1:])", *cmd]
+
+
+def test_failed_save_keeps_earlier_steps_and_stops_clearly(
+    tiny_dataset, reference, tmp_path):
+  """A save that cannot be written (any file over 100 kB fails, and the
+  arrays' file is larger): one clear error naming the step and what is
+  intact; the steps before it stay readable, and the unfinished save does
+  not block --resume, which continues with the uninterrupted run's losses
+  bit for bit."""
+  run = _resume_point(reference, tmp_path, "full")
+  args = ("train.steps=8", "train.checkpoint_every=1",
+          "train.keep_checkpoints=8")
+  full = subprocess.run(_with_file_size_limit(100_000, [
+      sys.executable, "-m", "jaxworld.cli", *_args(tiny_dataset, run, *args),
+      "--resume"]), capture_output=True, text=True, timeout=300)
+  assert full.returncode == 2, full.stderr[-3000:]
+  error = full.stderr[full.stderr.index("jaxworld: error:"):].splitlines()[0]
+  assert "Saving checkpoint step 5" in error, error
+  assert "File too large" in error, error
+  assert "Steps [1, 2, 3, 4] are intact" in error, error
+  assert "rerun the same command with --resume" in error, error
+  assert _saved(run) == [1, 2, 3, 4]
+  assert (run / "checkpoints" / f"5{checkpoint.UNFINISHED_SUFFIX}").is_dir()
+  assert cli.main(_args(tiny_dataset, run, *args) + ["--resume"]) == 0
+  assert _losses(run) == _losses(reference)
+  assert _saved(run) == list(range(1, 9))
 
 
 def test_resume_with_another_preset(tiny_dataset, tmp_path,

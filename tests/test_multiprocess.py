@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 
 from conftest import TINY
 from jaxworld import config as configlib
+from jaxworld.runs import checkpoint
 from jaxworld.train import loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,9 +30,10 @@ def _train_cmd(data, workdir, *extra):
 
 def _launch(processes, devices, workdir, data, *extra):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  # The launcher's own timeout kills a hung job; the outer one is a backstop.
   cmd = [sys.executable, str(ROOT / "launch" / "local.py"), "--processes",
-         str(processes), "--devices-per-process", str(devices), "--",
-         *_train_cmd(data, workdir, *extra)]
+         str(processes), "--devices-per-process", str(devices), "--timeout",
+         "240", "--", *_train_cmd(data, workdir, *extra)]
   return subprocess.run(cmd, env=env, capture_output=True, text=True,
                         timeout=300)
 
@@ -56,20 +59,73 @@ def test_two_processes_train_like_one(tiny_dataset, tmp_path):
                              _losses(tmp_path / "sp"), rtol=2e-4)
 
 
-def test_two_processes_checkpoint_and_resume(tiny_dataset, tmp_path):
-  run = tmp_path / "mp"
-  first = _launch(2, 2, run, tiny_dataset, "mesh.fsdp=2", "train.steps=2")
-  assert first.returncode == 0, first.stderr[-3000:]
-  # Each process saved its own data-iterator state.
-  data_dir = run / "checkpoints" / "2" / "data"
-  assert {"process_0-of-2.json", "process_1-of-2.json"} <= {
-      p.name for p in data_dir.iterdir()}
-  second = _launch(2, 2, run, tiny_dataset, "mesh.fsdp=2", "train.steps=4",
-                   "--resume")
-  assert second.returncode == 0, second.stderr[-3000:]
-  steps = [json.loads(x)["step"]
-           for x in (run / "metrics.jsonl").read_text().splitlines()]
-  assert steps == [1, 2, 3, 4]
+def _metric(workdir, name):
+  return {r["step"]: r[name] for r in map(
+      json.loads, (Path(workdir) / "metrics.jsonl").read_text().splitlines())}
+
+
+def _copy_until(run, step, dest):
+  """A copy of `run` as it was after `step` (later checkpoints dropped; a
+  resume drops the later metrics records itself)."""
+  shutil.copytree(run, dest)
+  for ckpt in (dest / "checkpoints").iterdir():
+    if ckpt.name.isdigit() and int(ckpt.name) > step:
+      shutil.rmtree(ckpt)
+  return dest
+
+
+def test_resume_on_another_process_count_continues_the_global_stream(
+    tiny_dataset, tmp_path):
+  """An uninterrupted run on 2 processes; its step-2 checkpoint continued
+  on 1 process, and that run continued on 2 again from step 4, past a
+  newer step that one of the 2 processes cannot read (each with its own
+  FSDP mesh, 4 or 8 devices): every step trains on exactly the batch of
+  the uninterrupted run (batch fingerprints equal, batch for batch) and
+  gives its loss within the sharded-vs-single tolerance."""
+  # A constant learning rate after warmup: the last resume runs one step
+  # more without changing the schedule of steps 1-6.
+  common = ("mesh.preset=fsdp", "train.steps=6", "train.checkpoint_every=2",
+            "train.final_lr_fraction=1")
+  two = _launch(2, 2, tmp_path / "two", tiny_dataset, *common)
+  assert two.returncode == 0, two.stderr[-3000:]
+  position = json.loads((tmp_path / "two" / "checkpoints" / "2" /
+                         checkpoint.POSITION_ITEM / "metadata").read_text())
+  assert (position["global_batches"], position["process_count"]) == (2, 2)
+
+  two_to_one = _copy_until(tmp_path / "two", 2, tmp_path / "two_to_one")
+  cfg = configlib.load(configlib.resolve("tokenizer"), [
+      *TINY, *common, "train.log_every=1", f"data.path={tiny_dataset}"])
+  loop.train(cfg, two_to_one, resume=True)  # 1 process x 8 devices
+  one_to_two = _copy_until(two_to_one, 4, tmp_path / "one_to_two")
+  # Newer, damaged: step 6 as the 2-process run saved it, with the array
+  # files that process 1 wrote (and alone reads back on the same mesh) cut
+  # in half. Process 1 cannot read it and process 0 can; both must take
+  # step 4. Seven steps, as a run already at train.steps restores nothing.
+  step6 = one_to_two / "checkpoints" / "6"
+  shutil.copytree(tmp_path / "two" / "checkpoints" / "6", step6)
+  for f in (step6 / "state" / "ocdbt.process_1" / "d").iterdir():
+    f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+  resumed = _launch(2, 2, one_to_two, tiny_dataset, *common, "train.steps=7",
+                    "--resume")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "is damaged: it could not be read on another process" in \
+      resumed.stderr  # process 0 read it: that case aborted every process
+  assert "(global batch 4) on 2 processes" in resumed.stderr
+  assert (one_to_two / checkpoint.DAMAGED_DIR / "6").is_dir()
+
+  expected = _metric(tmp_path / "two", "batch_fingerprint")
+  assert len(set(expected.values())) == 6  # each batch tells itself apart
+  expected_loss = _metric(tmp_path / "two", "loss")
+  for run, last in ((two_to_one, 6), (one_to_two, 7)):
+    got = _metric(run, "batch_fingerprint")
+    assert sorted(got) == list(range(1, last + 1)), run
+    assert {s: got[s] for s in range(1, 7)} == expected, run
+    got = _metric(run, "loss")
+    # fp32: 4 and 8 devices, gloo and in-process all-reduces sum in
+    # different orders.
+    np.testing.assert_allclose([got[s] for s in range(1, 7)],
+                               [expected_loss[s] for s in range(1, 7)],
+                               rtol=2e-4, err_msg=str(run))
 
 
 def test_tensor_group_across_processes_is_refused(tiny_dataset, tmp_path):
@@ -114,3 +170,58 @@ def test_dead_process_stops_the_others(tiny_dataset, tmp_path, monkeypatch):
   # is stopped while waiting depends on where it was when the peer died.
   assert re.search(r"Task 1 heartbeat timeout|stopped sending heartbeats\)"
                    r":\s*1\b", err), err[-3000:]
+
+
+# Process 1 stays alive (its heartbeats go on) but never joins the second
+# collective, as a deadlocked or hung process would.
+_STUCK_PEER = """
+import sys, time
+import numpy as np, jax
+from jax.experimental import multihost_utils
+from jaxworld.parallel import distributed
+distributed.maybe_initialize_distributed()
+multihost_utils.process_allgather(np.ones(2))
+if jax.process_index() == 1:
+  time.sleep(300)
+try:
+  multihost_utils.process_allgather(np.ones(2))
+except Exception as e:
+  print(distributed.lost_peer_message(e), flush=True)
+  sys.exit(3)
+"""
+
+
+def test_stuck_peer_is_a_clear_error_in_bounded_time(monkeypatch):
+  """A collective that a live peer never joins fails after
+  JAXWORLD_COLLECTIVE_TIMEOUT_S (jaxworld sets XLA:CPU's collective timeout
+  for gloo) with a message that says so, instead of waiting forever; and
+  launch/local.py --timeout kills a job that does not finish."""
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setenv("JAXWORLD_COLLECTIVE_TIMEOUT_S", "5")
+  monkeypatch.setenv("JAXWORLD_HEARTBEAT_TIMEOUT_S", "5")  # also the exit wait
+  address = launcher.free_address()
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _STUCK_PEER],
+      env=launcher.process_env(i, 2, address, 1), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    out, err = procs[0].communicate(timeout=120)
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  # Not 3: at exit, JAX's shutdown barrier waits for the stuck peer too,
+  # then aborts the process (as after a lost peer).
+  assert procs[0].returncode != 0, err[-3000:]
+  assert "waited 5 s for another process that is alive but never joined" \
+      in out, out + err[-3000:]
+  assert "Timed out waiting" in out
+
+  start = time.monotonic()
+  hung = subprocess.run(
+      [sys.executable, str(ROOT / "launch" / "local.py"), "--processes", "2",
+       "--timeout", "2", "--", sys.executable, "-c",
+       "import time; time.sleep(120)"], capture_output=True, text=True,
+      timeout=60)
+  assert hung.returncode == 124 and time.monotonic() - start < 30
+  assert "did not finish within 2 s (--timeout)" in hung.stderr

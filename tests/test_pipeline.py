@@ -1,4 +1,5 @@
-"""The Grain pipeline: windows, process sharding, resumable iterator state."""
+"""The Grain pipeline: windows, process sharding, resumable iterator state,
+and the global position a resume on any process count starts from."""
 
 import numpy as np
 
@@ -62,6 +63,31 @@ def test_processes_read_disjoint_episodes_of_one_global_stream(tiny_dataset):
   for step, whole in enumerate(single):
     np.testing.assert_array_equal(whole["frames"], np.concatenate(
         [per_process[p][step]["frames"] for p in range(2)]))
+
+
+def test_any_process_count_continues_the_stream_from_a_global_batch(
+    tiny_dataset):
+  """Started at global batch 3 on 1, 2 or 4 processes (2 of them with a
+  worker process each): stacked, the processes' rows are exactly the
+  single-process stream's batches 3, 4, ... (crossing an epoch)."""
+  cfg = tiny_config()
+  single = _take(iter(pipeline.train_dataset(cfg.data, tiny_dataset, 8)), 6)
+  for processes, workers in ((1, 0), (2, 0), (2, 1), (4, 0)):
+    data = tiny_config(f"data.num_workers={workers}").data
+    its = [iter(pipeline.train_dataset(data, tiny_dataset, 8 // processes, p,
+                                       processes, start=3))
+           for p in range(processes)]
+    try:
+      parts = [_take(it, 3) for it in its]
+    finally:
+      for it in its:
+        if hasattr(it, "close"):
+          it.close()
+    for k in range(3):
+      for name in ("frames", "actions"):
+        np.testing.assert_array_equal(
+            np.concatenate([part[k][name] for part in parts]),
+            single[3 + k][name], err_msg=f"{processes} processes, {name}")
 
 
 def test_worker_processes_give_identical_batches(tiny_dataset):

@@ -6,9 +6,10 @@
     -> worker processes (data.num_workers) or a prefetch thread
 
 Every step is a deterministic function of `data.shuffle_seed` and the
-position in the stream, so the iterator's state (a few integers, saved with
-every checkpoint) restores the exact same following batches, and 0, 1 or 2
-worker processes give the same batches in the same order.
+position in the stream, so the global position (global batches consumed,
+saved with every checkpoint) restarts the exact same following batches on
+any number of processes, and 0, 1 or 2 worker processes give the same
+batches in the same order.
 
 Batches are numpy dicts: `frames` uint8 [B, T, H, W, 3], `actions` int32
 [B, T], B the per-process batch and T `data.window`; with
@@ -98,8 +99,8 @@ def _windows(cfg: DataConfig, root: str | Path, component: int
 
 
 def train_dataset(cfg: DataConfig, root: str | Path | None, batch_size: int,
-                  process_index: int = 0, process_count: int = 1
-                  ) -> grain.IterDataset:
+                  process_index: int = 0, process_count: int = 1,
+                  start: int = 0) -> grain.IterDataset:
   """Endless shuffled batches of windows for one process.
 
   `root` overrides data.path (tests); with data.mixture, each batch row comes
@@ -110,14 +111,21 @@ def train_dataset(cfg: DataConfig, root: str | Path | None, batch_size: int,
   rows [p * batch_size, (p + 1) * batch_size) of each. So any number of
   processes trains on exactly the batches one process would, and within an
   epoch the processes read disjoint episodes that together cover them all.
+
+  `start` is the global batch to begin with (a resumed run's saved
+  position): any process count continues the same global stream from there.
   """
   parts = dataset_weights(cfg) if root is None else [(str(root), 1.0)]
   windows = [_windows(cfg, path, k) for k, (path, _) in enumerate(parts)]
   ds = windows[0] if len(windows) == 1 else grain.MapDataset.mix(
       windows, [w for _, w in parts])
   ds = ds.batch(batch_size, drop_remainder=True)
-  # Lazy: only this process's slices are ever read and decoded.
-  ds = ds[process_index::process_count]
+  # Lazy: only this process's slices are ever read and decoded. Global
+  # batch g is per-process batches [g * P, (g + 1) * P); process p reads
+  # the p-th of each from global batch `start` on. Slicing here, rather than
+  # seeking the iterator, also works with worker processes (Grain's worker
+  # iterator cannot seek: set_next_index raises NotImplementedError).
+  ds = ds[start * process_count + process_index::process_count]
   read = grain.ReadOptions(num_threads=max(1, cfg.num_workers or 2),
                            prefetch_buffer_size=cfg.prefetch)
   it_ds = ds.to_iter_dataset(read)

@@ -37,7 +37,10 @@ def check_batch(global_batch: int, mesh: Mesh,
   if global_batch % jax.process_count():
     raise JaxWorldError(
         f"train.batch_size={global_batch} is not divisible by the "
-        f"{jax.process_count()} processes.")
+        f"{jax.process_count()} processes. Run on a number of processes "
+        f"that divides it (a resumed run keeps its global batch, so its "
+        f"data stream stays the same), or start a new run with a "
+        f"train.batch_size that is a multiple of {jax.process_count()}.")
   _check_rows_per_process(global_batch, mesh, rules)
   return global_batch // jax.process_count()
 

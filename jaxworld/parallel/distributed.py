@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import jax
 
@@ -30,6 +31,16 @@ SEQUENTIAL_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=fa
 # is longer than a user should wait).
 HEARTBEAT_TIMEOUT_S = int(os.environ.get("JAXWORLD_HEARTBEAT_TIMEOUT_S", "20"))
 
+# A peer that is alive (its heartbeats go on) but never joins a collective
+# (a deadlock, a hung loader, another program) is not caught by the
+# heartbeat: the others would wait in gloo for XLA:CPU's collective timeout.
+# This bounds the wait; gloo then raises "Timed out waiting ..." and
+# lost_peer_message explains it. Long enough for a slow step or a save.
+COLLECTIVE_TIMEOUT_S = int(os.environ.get("JAXWORLD_COLLECTIVE_TIMEOUT_S",
+                                          "300"))
+COLLECTIVE_TIMEOUT_FLAG = "--xla_cpu_collective_timeout_seconds"
+_COLLECTIVE_TIMED_OUT = re.compile(r"Gloo [\w -]+ failed: .*Timed out waiting")
+
 
 def maybe_initialize_distributed() -> None:
   """Joins a multi-process job when launched as one; no-op otherwise.
@@ -47,6 +58,7 @@ def maybe_initialize_distributed() -> None:
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
       # CPU processes exchange data through gloo (TCP), e.g. on a laptop.
       check_gloo_flags(os.environ.get("XLA_FLAGS", ""))
+      _bound_collective_waits()
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
@@ -73,13 +85,31 @@ def check_gloo_flags(xla_flags: str) -> None:
         f"many simulated devices in one process.")
 
 
+def _bound_collective_waits() -> None:
+  """Sets XLA:CPU's collective timeout unless XLA_FLAGS sets it; read when
+  the CPU backend is created, which is after this."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if COLLECTIVE_TIMEOUT_FLAG not in flags:
+    os.environ["XLA_FLAGS"] = (
+        f"{flags} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}").strip()
+
+
 def lost_peer_message(error: BaseException) -> str | None:
   """What to tell the user when a runtime error in a multi-process job
-  means another process is gone; None for any other error."""
-  if not (jax.distributed.is_initialized() and jax.process_count() > 1 and
-          isinstance(error, jax.errors.JaxRuntimeError)):
+  means another process is gone or stuck; None for any other error."""
+  if not (jax.distributed.is_initialized() and jax.process_count() > 1):
     return None
-  first_line = str(error).strip().splitlines()[0]
+  first_line = str(error).strip().splitlines()[0] if str(error) else ""
+  if _COLLECTIVE_TIMED_OUT.search(str(error)):
+    return (f"process {jax.process_index()} of {jax.process_count()}: a "
+            f"collective waited {COLLECTIVE_TIMEOUT_S} s for another process "
+            f"that is alive but never joined it ({first_line[:300]}). That "
+            f"process is stuck (a deadlock, a hung data loader) or runs a "
+            f"different program; its log shows where it is. If a step "
+            f"legitimately takes longer, raise JAXWORLD_COLLECTIVE_TIMEOUT_S. "
+            f"Then rerun the same command with --resume.")
+  if not isinstance(error, jax.errors.JaxRuntimeError):
+    return None
   return (f"process {jax.process_index()} of {jax.process_count()}: a "
           f"collective with the other processes failed ({first_line}). "
           f"Another process has most likely died; see its log. The "

@@ -1,14 +1,20 @@
-"""Run checkpoints with Orbax: train state, data iterator and config together.
+"""Run checkpoints with Orbax: train state, data position and config together.
 
 Layout of a run directory (`--workdir`):
 
     config.json                  the resolved config the run was started with
     checkpoints/<step>/state     model + optimizer (sharded arrays, async save)
-    checkpoints/<step>/data      Grain iterator state (one file per process)
+    checkpoints/<step>/data_position
+                                 the global data position: global batches
+                                 consumed (JSON), valid on any process count
     checkpoints/<step>/config    the config again, so a step is self-contained
     checkpoints_damaged/<step>   steps a resume found unreadable (kept, moved
                                  aside so new saves are not blocked by them)
     metrics.jsonl, tb/           written by train/metrics.py
+
+Steps saved before the global position was recorded hold `data` (Grain's
+per-process iterator state) instead; they resume at global batch <step>,
+which is what every jaxworld run consumed by then (one batch per step).
 
 The state is stored as a pure nested dict of arrays (`nnx.to_pure_dict`),
 independent of Flax's Variable classes, and restored straight into the
@@ -18,16 +24,19 @@ Saves are atomic: Orbax writes `<step>.orbax-checkpoint-tmp`, puts
 `commit_success.txt` in it and renames it to `<step>` when every item is
 written; old steps are deleted only after that. An interrupted save leaves
 the tmp directory, which Orbax never lists as a step; we keep it until the
-same step is saved again (Orbax then replaces it, and we say so).
+same step is saved again (Orbax then replaces it, and we say so). A save that
+fails (a full disk, no permission) therefore leaves every earlier step
+readable; it stops the run with SaveFailed, which says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +55,17 @@ log = logging.getLogger(__name__)
 UNFINISHED_SUFFIX = ocp.path.atomicity.TMP_DIR_SUFFIX
 COMMIT_FILE = ocp.path.atomicity.COMMIT_SUCCESS_FILE
 DAMAGED_DIR = "checkpoints_damaged"
+POSITION_ITEM = "data_position"
+LEGACY_DATA_ITEM = "data"  # Grain iterator state, per process (older steps)
 _MAX_LISTED = 20
 
 
 class DamagedStep(Exception):
   """A step that cannot be read; the message says what is wrong with it."""
+
+
+class SaveFailed(JaxWorldError):
+  """A checkpoint could not be written; earlier steps are intact."""
 
 
 def _restore_args(abstract_pure: Any, shardings_pure: Any) -> Any:
@@ -83,21 +98,28 @@ def describe(leaf: Any) -> str:
   return f"{np.dtype(dtype).name if dtype is not None else '?'}[{shape}]"
 
 
-def _problem(e: BaseException) -> str:
+def _problem(e: BaseException, keep_end: bool = False) -> str:
+  """The root cause, shortened; `keep_end` keeps its end too, where a failed
+  write names the OS error."""
   while e.__cause__ is not None:  # the root cause names the file and byte
     e = e.__cause__
   text = " ".join(str(e).split())
-  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
+  if len(text) > 300:
+    text = (f"{text[:150]} ... {text[-150:]}" if keep_end
+            else f"{text[:300]}...")
+  return f"{type(e).__name__}: {text}"
 
 
-def step_problem(step_dir: Path, items: tuple[str, ...] = ("state", "data")
-                 ) -> str | None:
-  """What is visibly wrong with a finalized step directory, from its files."""
+def step_problem(step_dir: Path, data: bool = True) -> str | None:
+  """What is visibly wrong with a finalized step directory, from its files
+  (`data`: the data position is needed too)."""
   if not (step_dir / COMMIT_FILE).is_file():
     return f"{COMMIT_FILE} is missing, so its save never finished"
-  for item in items:
-    if not (step_dir / item).is_dir():
-      return f"its {item!r} item is missing"
+  if not (step_dir / "state").is_dir():
+    return "its 'state' item is missing"
+  if data and not ((step_dir / POSITION_ITEM).is_dir()
+                   or (step_dir / LEGACY_DATA_ITEM).is_dir()):
+    return f"its {POSITION_ITEM!r} item is missing"
   if not (step_dir / "state" / "_METADATA").is_file():
     return "state/_METADATA is missing"
   return None
@@ -155,22 +177,34 @@ def _item_handlers() -> dict[str, Any]:
   # Named up front so that a fresh manager can read a step's metadata before
   # (or without) restoring it.
   return {"state": ocp.PyTreeCheckpointHandler(),
-          "data": grain.checkpoint.CheckpointHandler(),
+          POSITION_ITEM: ocp.JsonCheckpointHandler(),
+          LEGACY_DATA_ITEM: grain.checkpoint.CheckpointHandler(),
           "config": ocp.JsonCheckpointHandler()}
 
 
-def _collect_failed_reads() -> None:
+@contextlib.contextmanager
+def _failed_reads_to_debug_log() -> Iterator[None]:
   """After a failed restore Orbax leaves the coroutines of its other reads
-  behind; collected later, each prints its whole TensorStore spec to stderr.
-  The step's problem is already reported: collect them now, to the debug
-  log."""
+  behind; collected later, each prints its whole TensorStore spec to stderr,
+  and reads still in flight when a reader closes report its closed event
+  loop. The step's problem is already reported: while this lasts, and in a
+  collection at its end, they go to the debug log."""
   hook = sys.unraisablehook
   sys.unraisablehook = lambda u: log.debug("after a failed restore: %s",
                                            u.exc_value)
   try:
-    gc.collect()
+    yield
   finally:
-    sys.unraisablehook = hook
+    try:
+      gc.collect()
+    finally:
+      sys.unraisablehook = hook
+
+
+def _collect_failed_reads() -> None:
+  """Collects a failed restore's leftover reads now (see above)."""
+  with _failed_reads_to_debug_log():
+    pass
 
 
 def _everywhere(ok: bool) -> bool:
@@ -180,14 +214,46 @@ def _everywhere(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
+def _reader(directory: Path) -> ocp.CheckpointManager:
+  """A read-only manager whose restores wait for no other process.
+
+  Orbax ends a restore with a barrier over all processes (by default a
+  collective on the devices). A process whose read of a damaged file fails
+  skips that barrier and goes on to _everywhere, so the processes would meet
+  in two different collectives, and gloo aborts them all. With this
+  process's own set as the active processes Orbax skips its barriers; each
+  process reads its own shards, and then all of them agree in the one
+  collective of _everywhere.
+  """
+  me = jax.process_index()
+  return ocp.CheckpointManager(
+      directory, item_handlers=_item_handlers(),
+      options=ocp.CheckpointManagerOptions(
+          create=False, read_only=True, enable_async_checkpointing=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              primary_host=me, active_processes={me})))
+
+
+def _position(saved: Any, step: int) -> int:
+  """The global batches consumed, from a step's data_position item."""
+  if saved is None:  # a step from before positions were saved
+    return step
+  consumed = saved.get("global_batches") if isinstance(saved, dict) else None
+  if not isinstance(consumed, int) or consumed < 0:
+    raise DamagedStep(f"its {POSITION_ITEM} item holds no global_batches "
+                      f"count ({str(saved)[:100]})")
+  return consumed
+
+
 def _restore_step(manager: ocp.CheckpointManager, step: int, where: str,
-                  target: Any, shardings_pure: Any, data_iterator: Any = None,
-                  model_only: bool = False) -> Any:
-  """Checks, then restores one step's state (a pure dict) and, if given, the
-  data iterator (in place). Raises DamagedStep for an unreadable step and
-  JaxWorldError for one written by a different config."""
-  items = ("state",) if data_iterator is None else ("state", "data")
-  problem = step_problem(Path(manager.directory) / str(step), items)
+                  target: Any, shardings_pure: Any, data: bool = False,
+                  model_only: bool = False) -> tuple[Any, int | None]:
+  """Checks, then restores one step's state (a pure dict) and, with `data`,
+  its global data position (else None). Raises DamagedStep for an
+  unreadable step and JaxWorldError for one written by a different
+  config."""
+  step_dir = Path(manager.directory) / str(step)
+  problem = step_problem(step_dir, data)
   if problem:
     raise DamagedStep(problem)
   check_compatible(saved_arrays(manager, step), leaves(target), where,
@@ -195,10 +261,14 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, where: str,
   args = {"state": ocp.args.PyTreeRestore(
       item=target, restore_args=_restore_args(target, shardings_pure),
       partial_restore=model_only)}
-  if data_iterator is not None:
-    args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  with_position = data and (step_dir / POSITION_ITEM).is_dir()
+  if with_position:
+    args[POSITION_ITEM] = ocp.args.JsonRestore()
   try:
-    return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    position = (_position(restored[POSITION_ITEM] if with_position else None,
+                          step) if data else None)
+    return restored["state"], position
   # Reading a damaged step can raise anything: Orbax re-raises tensorstore's
   # OUT_OF_RANGE for a truncated file as a bare Exception, a truncated JSON
   # file gives a ValueError, a missing item a KeyError.
@@ -238,55 +308,66 @@ class Checkpoints:
             # same step is saved again (see save()), never swept at start.
             cleanup_tmp_directories=False,
             create=True, enable_async_checkpointing=async_save))
+    self._pending: int | None = None  # the step an async save is writing
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: nnx.State, data_iterator: Any,
+  def save(self, step: int, state: nnx.State, data_position: int,
            cfg: configlib.Config) -> None:
-    """Starts an async save; training continues while arrays are written."""
+    """Starts an async save; training continues while arrays are written.
+    `data_position`: the global batches the run has consumed."""
+    self.wait()  # Orbax would too; this way a failure names its step
     unfinished = self.directory / f"{step}{UNFINISHED_SUFFIX}"
     if jax.process_index() == 0 and unfinished.exists():
       log.warning("replacing %s, an earlier save of step %d that never "
                   "finished", unfinished, step)
-    self.manager.save(step, args=ocp.args.Composite(
+    self._pending = step
+    self._finish(lambda: self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(nnx.to_pure_dict(state)),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(configlib.to_dict(cfg))))
+        **{POSITION_ITEM: ocp.args.JsonSave({
+            "global_batches": int(data_position),
+            "global_batch_size": cfg.train.batch_size,
+            "process_count": jax.process_count()})},
+        config=ocp.args.JsonSave(configlib.to_dict(cfg)))))
 
-  def _restore(self, step: int, abstract_state: nnx.State,
-               shardings: nnx.State, data_iterator: Any) -> nnx.State:
-    restored = _restore_step(
-        self.manager, step, f"The checkpoint at step {step} of {self.workdir}",
+  def _restore(self, reader: ocp.CheckpointManager, step: int,
+               abstract_state: nnx.State, shardings: nnx.State
+               ) -> tuple[nnx.State, int]:
+    restored, position = _restore_step(
+        reader, step, f"The checkpoint at step {step} of {self.workdir}",
         _abstract(abstract_state, shardings), nnx.to_pure_dict(shardings),
-        data_iterator)
+        data=True)
     state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy
     nnx.replace_by_pure_dict(state, restored)
-    return state
+    return state, position
 
   def restore(self, step: int, abstract_state: nnx.State,
-              shardings: nnx.State, data_iterator: Any) -> nnx.State:
-    """Restores state (into `shardings`) and the data iterator, in place."""
-    state, problem = _attempt(lambda: self._restore(
-        step, abstract_state, shardings, data_iterator))
-    if problem:
+              shardings: nnx.State) -> tuple[nnx.State, int]:
+    """(state restored into `shardings`, global batches consumed)."""
+    with _failed_reads_to_debug_log(), _reader(self.directory) as reader:
+      found, problem = _attempt(lambda: self._restore(
+          reader, step, abstract_state, shardings))
+    if not _everywhere(problem is None):
+      problem = problem or "it could not be read on another process"
       raise JaxWorldError(
           f"Cannot restore step {step} of {self.workdir}: {problem}. An "
           f"earlier step may still be readable (`jaxworld ckpt list "
           f"--workdir {self.workdir}`).")
-    return state
+    return found
 
   def restore_latest(self, abstract_state: nnx.State, shardings: nnx.State,
-                     data_iterator: Any, max_step: int | None = None
-                     ) -> tuple[int, nnx.State] | None:
-    """(step, state) of the newest readable step (<= max_step); None if the
-    run has no step.
+                     max_step: int | None = None
+                     ) -> tuple[int, nnx.State, int] | None:
+    """(step, state, global batches consumed) of the newest readable step
+    (<= max_step); None if the run has no step. The data position is
+    global, so the run may continue on any number of processes.
 
     A damaged step is skipped with a warning that names it and the problem,
     and once an older step restores it is moved to <workdir>/
     checkpoints_damaged/, so that saving that step again is not blocked by
-    it. Data iterator: each attempt sets its whole state again, so a failed
-    attempt leaves nothing behind. Raises JaxWorldError if every step is
+    it. Raises JaxWorldError if every step is
     damaged (listing each problem; nothing is moved) or if a step was written
     by a different config (listing the mismatched arrays).
     """
@@ -296,18 +377,24 @@ class Checkpoints:
     steps = sorted((s for s in self.manager.all_steps()
                     if max_step is None or s <= max_step), reverse=True)
     problems: dict[int, str] = {}
-    for step in steps:
-      state, problem = _attempt(lambda step=step: self._restore(
-          step, abstract_state, shardings, data_iterator))
-      if problem:
-        problems[step] = problem
-      if not _everywhere(problem is None):
-        problems.setdefault(step, "it could not be read on another process")
-        log.warning("checkpoint step %d of %s is damaged: %s; trying an "
-                    "older step", step, self.workdir, problems[step])
-        continue
+    with _failed_reads_to_debug_log(), _reader(self.directory) as reader:
+      for step in steps:
+        found, problem = _attempt(lambda step=step: self._restore(
+            reader, step, abstract_state, shardings))
+        if problem:
+          problems[step] = problem
+        if not _everywhere(problem is None):
+          problems.setdefault(step, "it could not be read on another "
+                              "process")
+          log.warning("checkpoint step %d of %s is damaged: %s; trying an "
+                      "older step", step, self.workdir, problems[step])
+          continue
+        break
+      else:
+        found = None
+    if found is not None:
       self._move_aside(problems)
-      return step, state
+      return step, *found
     if not problems:
       return None
     raise JaxWorldError(
@@ -333,16 +420,48 @@ class Checkpoints:
     self.manager.reload()
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Blocks until the save in flight is written; raises SaveFailed if it
+    failed."""
+    if self._pending is not None and not self._failed:
+      self._finish(self.manager.wait_until_finished, written=True)
+
+  def _finish(self, call: Any, written: bool = False) -> None:
+    """Runs a save or a wait; any error becomes one SaveFailed naming the
+    step, the cause and what is still intact."""
+    try:
+      call()
+    except Exception as e:  # pylint: disable=broad-except  # e.g. ENOSPC
+      self._failed = True
+      step, self._pending = self._pending, None
+      raise self._save_failed(step, e) from e
+    if written:
+      self._pending = None
+
+  def _save_failed(self, step: int | None, error: BaseException
+                   ) -> SaveFailed:
+    saved = sorted(self.manager.all_steps(read=True))
+    intact = (f"Steps {saved} are intact and step {saved[-1]} is where "
+              f"--resume continues" if saved else "No earlier step was saved")
+    return SaveFailed(
+        f"Saving checkpoint step {step} to {self.directory} failed "
+        f"({_problem(error, keep_end=True)}). {intact}; what was written of step {step} "
+        f"(if anything, in {step}{UNFINISHED_SUFFIX}) is ignored and replaced "
+        f"when that step is saved again. Free disk space or fix the "
+        f"directory's "
+        f"permissions, then rerun the same command with --resume.")
 
   def close(self) -> None:
-    self.manager.close()
+    try:
+      self.manager.close()
+    except Exception:  # pylint: disable=broad-except
+      if not self._failed:
+        raise
+      log.debug("closing after a failed save", exc_info=True)
 
 
 def read_only_manager(workdir: str | Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      Path(workdir).absolute() / "checkpoints", item_handlers=_item_handlers(),
-      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  """Reads a run's checkpoints; its restores are process-local (_reader)."""
+  return _reader(Path(workdir).absolute() / "checkpoints")
 
 
 def saved_steps(workdir: str | Path) -> list[int]:
@@ -362,17 +481,18 @@ def restore_model(workdir: str | Path, abstract_model: nnx.State,
         f"{workdir} has no checkpoint at step {step} (it has "
         f"{steps or 'none'}). Train that run first, or pick a kept step.")
   target = {"model": _abstract(abstract_model, shardings)}
-  with read_only_manager(workdir) as manager:
+  with _failed_reads_to_debug_log(), read_only_manager(workdir) as manager:
     restored, problem = _attempt(lambda: _restore_step(
         manager, step, f"The checkpoint at step {step} of {workdir}", target,
         {"model": nnx.to_pure_dict(shardings)}, model_only=True))
-  if problem:
+  if not _everywhere(problem is None):  # so every process raises
+    problem = problem or "it could not be read on another process"
     raise JaxWorldError(
         f"Cannot restore step {step} of {workdir}: {problem}. The checkpoint "
         f"is damaged; pick another step (`jaxworld ckpt list --workdir "
         f"{workdir}`).")
   state = jax.tree.map(lambda x: x, abstract_model)
-  nnx.replace_by_pure_dict(state, restored["model"])
+  nnx.replace_by_pure_dict(state, restored[0]["model"])
   return state
 
 

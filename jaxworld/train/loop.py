@@ -24,7 +24,7 @@ from jaxworld.errors import JaxWorldError
 from jaxworld.parallel import batch as batchlib, distributed
 from jaxworld.parallel import mesh as meshlib
 from jaxworld.runs import assemble, checkpoint
-from jaxworld.train import metrics, preemption, preview, setup
+from jaxworld.train import fingerprint, metrics, preemption, preview, setup
 from jaxworld.train import step as steplib
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,6 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
     # First in, last out: a signal during restore or the final save still
     # means "save and stop", not a traceback.
     stop = stack.enter_context(preemption.StopRequest())
-    data = iter(pipeline.train_dataset(
-        cfg.data, None, per_process_batch, jax.process_index(),
-        jax.process_count()))
-    if hasattr(data, "close"):  # worker processes
-      stack.callback(data.close)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, t.keep_every)
     stack.callback(ckpts.close)
@@ -76,24 +71,32 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
     found = None
     if start is not None:  # the newest valid step; damaged ones are skipped
       _, abstract = steplib.abstract_state(cfg, stage)
-      found = ckpts.restore_latest(abstract, compiled.state_shardings, data,
+      found = ckpts.restore_latest(abstract, compiled.state_shardings,
                                    max_step=t.steps)
     if found is not None:
-      start, state = found
-      log.info("resumed %s from step %d", workdir, start)
+      start, state, position = found
+      log.info("resumed %s from step %d (global batch %d) on %d processes",
+               workdir, start, position, jax.process_count())
     else:
-      start = 0
+      start, position = 0, 0
       state = compiled.init()
       if init_step is not None:
         state["model"] = setup.init_from(cfg, init_step,
                                     compiled.state_shardings["model"])
       if jax.process_index() == 0:
         configlib.save(cfg, workdir / "config.json")
+    # The saved position is global: any process count continues the same
+    # global stream of batches from it.
+    data = iter(pipeline.train_dataset(
+        cfg.data, None, per_process_batch, jax.process_index(),
+        jax.process_count(), start=position))
+    if hasattr(data, "close"):  # worker processes
+      stack.callback(data.close)
     setup.log_model(state, compiled.state_shardings, mesh, stage, workdir)
     logger = metrics.MetricLogger(workdir, stage, t.steps, start)
     stack.callback(logger.close)
     last, stopped_at = _run_steps(cfg, compiled, state, frozen, data, ckpts,
-                                  logger, start, stop)
+                                  logger, start, position, stop)
   return {"stage": stage, "steps": t.steps, "metrics": last,
           "seconds": time.perf_counter() - t0, "stopped_at": stopped_at,
           "stopped_by": stop.signal_name if stopped_at else None}
@@ -102,10 +105,11 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
 def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
                frozen: steplib.Frozen | None, data: Any,
                ckpts: checkpoint.Checkpoints, logger: metrics.MetricLogger,
-               start: int, stop: preemption.StopRequest
+               start: int, position: int, stop: preemption.StopRequest
                ) -> tuple[dict[str, float], int | None]:
-  """Steps `start`..train.steps; returns the last logged metrics and the step
-  at which a stop request (SIGTERM, Ctrl-C) ended training early, if one did.
+  """Steps `start`..train.steps, reading global batches from `position` on;
+  returns the last logged metrics and the step at which a stop request
+  (SIGTERM, Ctrl-C) ended training early, if one did.
   """
   t = cfg.train
   frozen_state = frozen.state if frozen is not None else None
@@ -148,7 +152,8 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
         records_by_step.clear()
       if log_now:
         now = time.perf_counter()
-        extra = {"input_wait": waited / max(now - interval_start, 1e-9)}
+        extra = {"input_wait": waited / max(now - interval_start, 1e-9),
+                 "batch_fingerprint": fingerprint.batch_fingerprint(batch)}
         if skip:
           extra["skipped_records"] = skipped
         if t.nan_policy == "skip":
@@ -156,7 +161,8 @@ def _run_steps(cfg: Config, compiled: steplib.CompiledStep, state: Any,
         last = logger.write(done, {**step_metrics, **extra})
         waited, interval_start = 0.0, now
       if save_now:
-        ckpts.save(done, state, data, cfg)
+        # One global batch per step.
+        ckpts.save(done, state, position + done - start, cfg)
         preview.at_checkpoint(cfg, compiled.graphdef, state, frozen, logger,
                               done, stopping)
       if skip and skipped and done == t.steps:

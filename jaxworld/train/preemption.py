@@ -5,7 +5,8 @@ SIGTERM and kill the job a grace period later. The loop asks `reached(step)`
 after every step; once it says yes, the loop saves a checkpoint of that very
 step and returns, and the run continues later with `--resume`.
 
-With one process a Python signal handler sets a flag. With several, every
+Without jax.distributed a Python signal handler sets a flag. In a
+distributed job (any number of processes), every
 process must save the *same* step, though the signal may reach only one of
 them: JAX's preemption service (started by `jax.distributed.initialize`)
 owns SIGTERM, spreads the notice through the coordination service and agrees
@@ -37,7 +38,11 @@ class StopRequest:
   def __init__(self):
     self.signal_name: str | None = None
     self._previous: dict[int, object] = {}
-    self._multi = jax.process_count() > 1
+    # JAX's preemption service runs in every jax.distributed job, also one
+    # of a single process (e.g. `launch/local.py --processes 1`), and owns
+    # SIGTERM there: a handler of ours would not be called (measured: such
+    # a process died of SIGTERM without saving).
+    self._multi = jax.distributed.is_initialized()
 
   def __enter__(self) -> StopRequest:
     if threading.current_thread() is not threading.main_thread():

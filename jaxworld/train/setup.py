@@ -26,15 +26,17 @@ log = logging.getLogger(__name__)
 
 # Keys that may change when a run is resumed (e.g. to train it for longer).
 # train.steps may grow: the learning-rate schedule is then stretched to the
-# new length from the resumed step on. data.num_workers may not change: the
-# iterator state of worker processes is per worker. The mesh may change
-# (checkpoints restore into any layout): the global batch, and so the data
-# stream, stays the same. train.nan_policy may change: a run stopped by a
-# NaN can continue with nan_policy=skip.
+# new length from the resumed step on. The mesh, the number of processes and
+# data.num_workers may change: checkpoints restore into any layout, and the
+# data position is saved as global batches consumed, so the same global
+# stream continues (train.batch_size, the global batch, may not change).
+# train.nan_policy may change: a run stopped by a NaN can continue with
+# nan_policy=skip.
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.keep_every",
                      "train.init_from", "train.init_step",
                      "train.nan_policy", "data.prefetch", "data.path",
+                     "data.num_workers",
                      "mesh.")
 
 

@@ -59,7 +59,6 @@ def test_history_cache_gives_the_whole_window_logits():
       model.embed(tokens_BTN[:, :-1], actions_BT[:, :-1]))
   input_BN = jnp.where(mask_BTN[:, -1], model.special_token,
                        tokens_BTN[:, -1])
-  x_BND = (model.token_embed(input_BN)
-           + model.action_embed(actions_BT[:, -2])[:, None])
+  x_BND = model.embed_frame(input_BN, actions_BT[:, -2])
   cached_BNV = model.logits(model.backbone.next_frame(x_BND, history))
   np.testing.assert_allclose(cached_BNV, whole_BNV, atol=2e-5, rtol=1e-4)

@@ -71,6 +71,12 @@ class TokenDynamics(nnx.Module):
     x_BTND = self.token_embed(input_BTN)
     return x_BTND + self.action_in(actions_BT)[:, :, None]
 
+  def embed_frame(self, input_BN: jax.Array, action_B: jax.Array
+                  ) -> jax.Array:
+    """[B, N, D]: one new frame's token embeddings plus the action that led
+    to it (`embed`'s last frame, without its history)."""
+    return self.token_embed(input_BN) + self.action_embed(action_B)[:, None]
+
   def logits(self, y_BTND: jax.Array) -> jax.Array:
     """float32 logits [..., V] of backbone outputs [..., D]."""
     return self.head(y_BTND)[..., :self.codebook_size].astype(jnp.float32)
@@ -154,13 +160,12 @@ def next_frame(model: MaskGITDynamics, history_BTN: jax.Array,
   # The history is fixed over the passes and temporal attention is causal:
   # its keys/values are computed once, each pass runs the new frame alone.
   history = model.backbone.history_kv(model.embed(history_BTN, actions_BT))
-  action_in_BD = model.action_embed(actions_BT[:, -1])
   frame_BN = jnp.zeros((b, n), jnp.int32)
   hidden_BN = jnp.ones((b, n), bool)
   steps = options.steps
   for s in range(steps):  # Unrolled: `steps` is small and static.
     input_BN = jnp.where(hidden_BN, model.special_token, frame_BN)
-    x_BND = model.token_embed(input_BN) + action_in_BD[:, None]
+    x_BND = model.embed_frame(input_BN, actions_BT[:, -1])
     logits_BNV = model.logits(model.backbone.next_frame(x_BND, history))
     rng, key = jax.random.split(rng)
     sampled_BN = sample_tokens(key, logits_BNV, options.temperature,

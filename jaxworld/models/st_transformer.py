@@ -316,13 +316,16 @@ class STTransformer(nnx.Module):
     self.blocks = make_blocks(rngs)
     self.final_norm = RMSNorm(rngs, width, axes.EMBED)
 
-  def _embed(self, x_BTND: jax.Array) -> jax.Array:
+  def _embed(self, x_BTND: jax.Array, first_frame: int = 0) -> jax.Array:
+    """Adds the position embeddings of frames first_frame .. first_frame+T
+    (a slice, so `first_frame` may be symbolic, as in an exported bundle)."""
     t = x_BTND.shape[1]
-    if t > self.temporal_pos.shape[0]:
-      raise ValueError(f"{t} frames exceed the backbone's max_frames="
-                       f"{self.temporal_pos.shape[0]}")
+    if first_frame + t > self.temporal_pos.shape[0]:
+      raise ValueError(f"{first_frame + t} frames exceed the backbone's "
+                       f"max_frames={self.temporal_pos.shape[0]}")
+    temporal_TD = self.temporal_pos[...][first_frame:first_frame + t]
     return (x_BTND + self.spatial_pos[...][None, None]
-            + self.temporal_pos[...][None, :t, None]).astype(self.dtype)
+            + temporal_TD[None, :, None]).astype(self.dtype)
 
   def __call__(self, x_BTND: jax.Array) -> jax.Array:
     x_BTND = self._embed(x_BTND)
@@ -368,25 +371,15 @@ class STTransformer(nnx.Module):
     [layers, B, T, N, M, K]: what `next_frame` reads, so that refining one
     new frame (MaskGIT's passes) does not recompute its history."""
     assert not self.blocks.token_causal, "a token-causal backbone: prefill"
-    graphdef, layers = nnx.split(self.blocks)
-
-    def run(x, layer):
-      x, kv = nnx.merge(graphdef, layer)(x, return_kv=True)
-      return x, {"tk": kv["tk"], "tv": kv["tv"]}
-
-    return jax.lax.scan(run, self._embed(x_BTND), layers)[1]
+    _, kv = self.prefill(x_BTND, capacity=x_BTND.shape[1])
+    return {"tk": kv["tk"], "tv": kv["tv"]}
 
   def next_frame(self, x_BND: jax.Array, history: dict[str, jax.Array]
                  ) -> jax.Array:
     """Output [B, N, D] for a frame after the T frames of `history_kv`:
     the last frame of `__call__` on all T + 1, at a frame's cost."""
-    t = history["tk"].shape[2]
-    if t >= self.temporal_pos.shape[0]:
-      raise ValueError(f"{t + 1} frames exceed the backbone's max_frames="
-                       f"{self.temporal_pos.shape[0]}")
-    # A slice, not an index: `t` may be symbolic (an exported bundle).
-    x_BND = (x_BND + self.spatial_pos[...][None]
-             + self.temporal_pos[...][None, t:t + 1]).astype(self.dtype)
+    x_BND = self._embed(x_BND[:, None], first_frame=history["tk"].shape[2]
+                        )[:, 0]
     graphdef, layers = nnx.split(self.blocks)
 
     def run(x, layer_and_kv):

@@ -221,6 +221,29 @@ def test_physics_probe_runs_on_a_tiny_tokenizer():
   # they move (-0.02). (The untrained encoder's latents show neither.)
   assert out["pixels"]["position_r2"] > 0.8
   assert out["pixels"]["velocity_r2"] < 0.1
+  assert out["pixels"]["velocity_at_object_r2"] < 0.1
+
+
+def test_velocity_is_read_where_each_ball_is():
+  """Features that hold each ball's velocity at the token under it read
+  back exactly; the same features one token over read nothing."""
+  rng = np.random.default_rng(0)
+  n, grid, f = 600, 4, 8
+  states_NK4 = np.concatenate([rng.uniform(0, 32, (n, 3, 2)),
+                               rng.normal(size=(n, 3, 2))], -1)
+  tokens_NK = probe.object_tokens(states_NK4, 32, 8)
+  np.testing.assert_array_equal(
+      tokens_NK, (states_NK4[:, :2, 1] // 8) * grid + states_NK4[:, :2, 0] // 8)
+  x_NMF = 0.01 * rng.normal(size=(n, grid * grid, f))
+  shifted_NMF = x_NMF.copy()
+  for k in range(2):  # the agent (the last object) has no velocity target
+    x_NMF[np.arange(n), tokens_NK[:, k], 2 * k:2 * k + 2] = states_NK4[:, k, 2:]
+    shifted_NMF[np.arange(n), (tokens_NK[:, k] + 1) % (grid * grid),
+                2 * k:2 * k + 2] = states_NK4[:, k, 2:]
+  read = lambda x: probe.velocity_at_objects(
+      x[:400], states_NK4[:400], x[400:], states_NK4[400:], image_size=32)
+  assert read(x_NMF) > 0.99
+  assert read(shifted_NMF) < 0.1
 
 
 def test_blank_baseline_fills_each_episodes_background():

@@ -248,15 +248,14 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
   if "probe" not in result:
     return lines + [f"  physics: {result['physics']}"]
   p = result["probe"]
-  state = (f"dynamics state: position {p['dynamics']['position_r2']:.3f}, "
-           f"velocity {p['dynamics']['velocity_r2']:.3f} | "
-           if "dynamics" in p else "")
+  part = lambda name, q: (
+      f"{name}: position {q['position_r2']:.3f}, velocity "
+      f"{q['velocity_r2']:.3f} (at each ball {q['velocity_at_object_r2']:.3f})")
+  parts = [part(name, p[key]) for name, key in (
+      ("dynamics state", "dynamics"), ("latents", "latents"),
+      ("pixels", "pixels")) if key in p]
   return lines + [
       f"  object position error (px) model {row(s['position_error_model'])}",
       f"                          copy-last {row(s['position_error_copy_last'])}",
-      f"  probe R^2 (held-out)  {state}latents: position "
-      f"{p['latents']['position_r2']:.3f}, velocity "
-      f"{p['latents']['velocity_r2']:.3f} | pixels: position "
-      f"{p['pixels']['position_r2']:.3f}, velocity "
-      f"{p['pixels']['velocity_r2']:.3f}",
+      f"  probe R^2 (held-out)  " + " | ".join(parts),
   ]

@@ -30,6 +30,7 @@ from jaxworld.data import world
 from jaxworld.errors import JaxWorldError
 from jaxworld.eval import readout
 from jaxworld.models import build
+from jaxworld.models import tokenizer as toklib
 
 # Ridge penalties tried (on standardized features). Useful ones span decades
 # with the feature count and the sample size, so we choose on a validation
@@ -187,6 +188,41 @@ def _targets(states_NK4: np.ndarray) -> tuple[np.ndarray, list[str]]:
                         axis=1), names
 
 
+def object_tokens(states_NK4: np.ndarray, image_size: int, patch: int
+                  ) -> np.ndarray:
+  """Index [N, K] of the token (row-major patch) under each ball's centre."""
+  grid = image_size // patch
+  cell_NK2 = np.clip(np.floor(states_NK4[:, :-1, :2] / patch), 0, grid - 1)
+  return (cell_NK2[..., 1] * grid + cell_NK2[..., 0]).astype(np.int64)
+
+
+def velocity_at_objects(train_NMF: np.ndarray, train_states_NK4: np.ndarray,
+                        test_NMF: np.ndarray, test_states_NK4: np.ndarray,
+                        image_size: int, alphas: Sequence[float] = ALPHAS
+                        ) -> float:
+  """Mean held-out R^2 of each ball's velocity (vx, vy) read from the
+  features [N, M tokens, F] of the token under its centre (one ridge
+  read-out per ball). Give only frames with history: from one frame a
+  velocity cannot be known.
+
+  A velocity is a property of an object, so a model keeps it where the
+  object is; one read-out over every token's features at once must learn
+  the same map at each of the M places from a few thousand frames, and
+  mostly over-fits. Reading at the object asks only what the state there
+  holds.
+  """
+  patch = int(round(image_size / np.sqrt(train_NMF.shape[1])))
+  at = lambda x_NMF, states: [
+      x_NMF[np.arange(len(x_NMF)), idx_N] for idx_N in
+      object_tokens(states, image_size, patch).T]
+  train_K, test_K = at(train_NMF, train_states_NK4), at(test_NMF,
+                                                        test_states_NK4)
+  r2 = [probe(train_K[k], train_states_NK4[:, k, 2:], test_K[k],
+              test_states_NK4[:, k, 2:], alphas)["all_r2"]
+        for k in range(len(train_K))]
+  return float(np.mean(r2))
+
+
 def physics_probe(tokenizer: nnx.Module, cfg: Config,
                   train_episodes: Mapping[str, np.ndarray],
                   test_episodes: Mapping[str, np.ndarray],
@@ -211,7 +247,10 @@ def physics_probe(tokenizer: nnx.Module, cfg: Config,
   the Y targets ("ball0_x", ..., "agent_y", "ball0_vx", ...),
   "num_train_frames", "num_test_frames", "latent_dim", "pixel_dim"}; each
   probe dict has "position_r2", "velocity_r2", and "r2_per_target" and
-  "alpha_per_target" in the order of "targets" (see `probe`).
+  "alpha_per_target" in the order of "targets" (see `probe`), and
+  "velocity_at_object_r2": the balls' velocities read from the features of
+  the token under each ball, over the frames that have one before them in
+  their window (`velocity_at_objects`).
   """
   window = cfg.data.window
   train_STHWC, train_actions, train_states = _windows(
@@ -223,22 +262,36 @@ def physics_probe(tokenizer: nnx.Module, cfg: Config,
   k1 = train_states.shape[1]
   groups = {"position": range(2 * k1),
             "velocity": range(2 * k1, y_train_NY.shape[1])}
-  pixels = lambda f: f.reshape(-1, int(np.prod(f.shape[2:])))
   latents_train = encoder_latents(tokenizer, train_STHWC)
   latents_test = encoder_latents(tokenizer, test_STHWC)
   out = {}
   kind = cfg.dynamics.kind
+  n_tokens = build.num_tokens(cfg)
+
+  def probed(train_NF: np.ndarray, test_NF: np.ndarray) -> dict[str, Any]:
+    """The whole-state probe, plus the balls' velocities read at each ball
+    (the features as [N, tokens, F])."""
+    result = probe(train_NF, y_train_NY, test_NF, y_test_NY, alphas, groups)
+    # Frames after the first of their window (the windows are consecutive).
+    seen = lambda x: x[np.arange(len(x)) % window > 0]
+    tokens = lambda x_NF: seen(x_NF).reshape(-1, n_tokens,
+                                             x_NF.shape[1] // n_tokens)
+    result["velocity_at_object_r2"] = velocity_at_objects(
+        tokens(train_NF), seen(train_states), tokens(test_NF),
+        seen(test_states), cfg.world.image_size, alphas)
+    return result
+
   if dynamics is not None and build.kind("dynamics", kind).features:
     state = lambda f, a: dynamics_features(tokenizer, dynamics, kind, f, a)
-    out["dynamics"] = probe(state(train_STHWC, train_actions), y_train_NY,
-                            state(test_STHWC, test_actions), y_test_NY,
-                            alphas, groups)
+    out["dynamics"] = probed(state(train_STHWC, train_actions),
+                             state(test_STHWC, test_actions))
+  patches = lambda f: np.asarray(toklib.patchify(
+      f, cfg.tokenizer.patch_size)).reshape(-1, n_tokens * (
+          cfg.tokenizer.patch_size ** 2 * f.shape[-1]))
   return {
       **out,
-      "latents": probe(latents_train, y_train_NY, latents_test, y_test_NY,
-                       alphas, groups),
-      "pixels": probe(pixels(train_STHWC), y_train_NY, pixels(test_STHWC),
-                      y_test_NY, alphas, groups),
+      "latents": probed(latents_train, latents_test),
+      "pixels": probed(patches(train_STHWC), patches(test_STHWC)),
       "targets": names,
       "num_train_frames": len(y_train_NY), "num_test_frames": len(y_test_NY),
       "latent_dim": latents_train.shape[1],

@@ -1,6 +1,6 @@
 """The `jaxworld` command.
 
-    jaxworld demo [--workdir runs/demo] [--data DIR] [overrides...]
+    jaxworld demo [--workdir runs/demo] [--data DIR] [--recipe CONFIG] [overrides...]
     jaxworld data generate [CONFIG] --out DIR [overrides...] [--overwrite]
     jaxworld data inspect PATH [--out DIR]
     jaxworld train CONFIG --workdir DIR [overrides...] [--resume]
@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                     "`jaxworld data ingest` to run the demo's recipe on "
                     "instead of the embedded world (frame size, actions and "
                     "episode length from its dataset.json).")
+  demo.add_argument("--recipe", default=None, help="The dynamics config "
+                    "to train, a name in configs/ or a path (default "
+                    "dynamics_regression: pixel regression; `dynamics` is "
+                    "FSQ tokenizer + MaskGIT).")
   demo.add_argument("overrides", nargs="*", help="section.key=value")
 
   data = sub.add_parser("data", help="Datasets of episode records.")
@@ -271,7 +275,8 @@ def _run(args: argparse.Namespace, configlib) -> int:
   from jaxworld.errors import JaxWorldError
   if args.command == "demo":
     from jaxworld import demo
-    summary = demo.run(args.workdir, args.overrides, data=args.data)
+    summary = demo.run(args.workdir, args.overrides, data=args.data,
+                       recipe=args.recipe or demo.DYNAMICS_CONFIG)
     if summary.get("stopped_at"):
       return _stopped_status(summary, "Run the same demo command again to "
                              "continue where it stopped.")

@@ -152,9 +152,11 @@ class DynamicsConfig:
   diffusion forcing), conditioned on real actions or a trained LAM's."""
   kind: str = field("maskgit", "Dynamics model: maskgit (parallel decoding "
                     "of masked tokens), autoregressive (causal over tokens "
-                    "in raster order, sampled with a KV cache) or diffusion "
+                    "in raster order, sampled with a KV cache), diffusion "
                     "(diffusion forcing over a continuous tokenizer's "
-                    "latents).")
+                    "latents), frame_diffusion (next-frame diffusion from a "
+                    "clean history) or regression (deterministic next-frame "
+                    "regression trained on its own predictions).")
   actions: Literal["real", "latent"] = field(
       "real", "Conditioning: real (the dataset's actions) or latent (a "
       "trained LAM's, see dynamics.lam_workdir).")
@@ -175,6 +177,16 @@ class DynamicsConfig:
       "rollout.")
   mask_ratio_min: float = field(0.5, "Smallest fraction of a target frame's "
                                 "tokens masked in training (max is 1).")
+  unroll_passes: int = field(
+      2, "regression: training passes per window; pass k reads the frames "
+      "pass k-1 predicted as its history, so the model learns from its own "
+      "errors (1 = teacher forcing only).")
+  unroll_gradients: bool = field(
+      False, "regression: backpropagate through the earlier passes too, not "
+      "only through each pass's own prediction.")
+  l1_weight: float = field(
+      0.1, "regression: weight of the L1 term beside MSE; it drives small "
+      "residuals, such as haze over a still background, to exactly zero.")
   backbone: BackboneConfig = section(BackboneConfig, "Dynamics backbone.")
 
 

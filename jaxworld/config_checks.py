@@ -89,6 +89,9 @@ def validate(cfg: Config) -> None:
         "dynamics.mask_ratio_min must be in (0, 1].")
   check(0.0 < cfg.dynamics.target_frame_prob <= 1.0,
         "dynamics.target_frame_prob must be in (0, 1].")
+  check(cfg.dynamics.unroll_passes >= 1,
+        "dynamics.unroll_passes must be >= 1 (1 = teacher forcing only).")
+  check(cfg.dynamics.l1_weight >= 0.0, "dynamics.l1_weight must be >= 0.")
   _check_models(cfg, check)
   m = cfg.mesh
   sizes = {"data": m.data, "fsdp": m.fsdp, "sequence": m.sequence,

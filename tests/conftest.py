@@ -87,14 +87,14 @@ class DemoRun(NamedTuple):
 
 @pytest.fixture(scope="session")
 def tiny_demo_run(tmp_path_factory) -> DemoRun:
-  """`jaxworld demo` on the tiny world (data, both stages, rollout), logging
-  every step; its exit code and printout are kept for tests/test_demo.py."""
+  """`jaxworld demo --recipe dynamics` (FSQ tokenizer + MaskGIT) on the
+  tiny world (data, both stages, rollout), logging every step; its exit code and printout are kept for tests/test_demo.py."""
   from jaxworld import cli
   root = tmp_path_factory.mktemp("demo")
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    code = cli.main(["demo", "--workdir", str(root), *TINY,
-                     "train.log_every=1"])
+    code = cli.main(["demo", "--workdir", str(root), "--recipe", "dynamics",
+                     *TINY, "train.log_every=1"])
   print(out.getvalue())  # still in pytest's report of a failing test
   return DemoRun(root, code, out.getvalue())
 

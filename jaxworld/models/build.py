@@ -48,7 +48,8 @@ LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, Metrics]]
 BUILTIN_MODULES = ("jaxworld.models.tokenizer", "jaxworld.models.lam",
                    "jaxworld.models.maskgit", "jaxworld.models.autoregressive",
                    "jaxworld.models.diffusion",
-                   "jaxworld.models.frame_diffusion")
+                   "jaxworld.models.frame_diffusion",
+                   "jaxworld.models.regression")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,9 @@ class TokenizerKind(ModelKind):
   # False: a fixed map with no parameters (e.g. pixel patches); there is no
   # run to train, and a dynamics run builds it from its own config.
   trained: bool = True
+  # (low, high) that every latent lies in (pixel patches: [-1, 1]), which a
+  # dynamics model may clip its predictions to; None: unbounded.
+  latent_bounds: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

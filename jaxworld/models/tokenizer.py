@@ -273,4 +273,5 @@ CONTINUOUS_KIND = build.register("tokenizer", build.TokenizerKind(
     latent_dim=lambda cfg: cfg.tokenizer.latent_dim))
 PATCHES_KIND = build.register("tokenizer", build.TokenizerKind(
     "patches", build_patches, _untrainable, codes="latents",
-    latent_dim=lambda cfg: 3 * cfg.tokenizer.patch_size ** 2, trained=False))
+    latent_dim=lambda cfg: 3 * cfg.tokenizer.patch_size ** 2, trained=False,
+    latent_bounds=(-1.0, 1.0)))

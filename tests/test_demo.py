@@ -90,6 +90,6 @@ def test_the_exit_code_is_the_verdict(tiny_demo_run, tmp_path, monkeypatch,
   # The real run exits 1 (above); a stub summary checks the passing arm
   # without training a model good enough to pass.
   summary = {**_summary(tiny_demo_run.root), "passed": passed}
-  monkeypatch.setattr(demo, "run", lambda workdir, overrides, data: summary)
+  monkeypatch.setattr(demo, "run", lambda workdir, overrides, data, recipe: summary)
   assert cli.main(["demo", "--workdir", str(tmp_path)]) == code
 

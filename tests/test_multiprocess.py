@@ -176,7 +176,7 @@ def test_save_failing_on_one_process_stops_every_process(
     assert "Saving checkpoint step 3" in error, error
     assert "Steps [2] are intact" in error, error
   assert "File too large" in errs[1]
-  assert "process 1 of 2 could not write its part of step 3" in errs[0]
+  assert "process 1 of 2 failed to save its part of step 3" in errs[0]
   assert took < 150, took  # start-up, compile, 2 steps; no barrier timeout
   assert checkpoint.saved_steps(run) == [2]
   assert (run / "checkpoints" / f"3{checkpoint.UNFINISHED_SUFFIX}").is_dir()

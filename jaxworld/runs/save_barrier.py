@@ -13,12 +13,12 @@ where only some processes' files outgrew the disk).
 
 `SaveBarrier.sync` is the manager's `barrier_sync_fn`. A process whose
 save failed posts a notice for that step in the distributed key-value
-store; a background barrier waits for every process to arrive *or* for a
-notice, and on a notice raises `PeerSaveFailed` on every process, so the
-step is not committed and each process's next `wait_until_finished`
-raises. The progress-flag barriers of a failed save are skipped on every
-process (each knows the save failed), so no thread is left waiting. A
-successful save passes the same barriers as before.
+store; every background barrier waits for every process to arrive *or* for
+a notice, and on a notice raises `PeerSaveFailed`: the primary never
+commits the step, and each process's next `wait_until_finished` raises.
+The process that failed skips the progress-flag barriers (its own error is
+already on its way up). A successful save passes the same barriers as
+before; the ones in the saving thread are Orbax's own.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ _POLL_S = 0.05
 
 
 class PeerSaveFailed(Exception):
-  """The save failed on another process; this process's part is not
-  committed either."""
+  """A save failed on some process, so it fails on every process."""
 
 
 def _client() -> Any:
@@ -62,36 +61,36 @@ class SaveBarrier:
     self._orbax = ocp.multihost.get_barrier_sync_fn()
     self._step: int | None = None
     self._saver: threading.Thread | None = None
-    self._failed: str | None = None  # why the current save failed, if known
+    self._mine: str | None = None  # why this process's save failed
 
   def begin(self, step: int) -> None:
     """Called by the saving thread before the save of `step` starts (the
     previous save's threads have finished)."""
-    self._step, self._failed = step, None
+    self._step, self._mine = step, None
     self._saver = threading.current_thread()
 
   def fail(self, step: int, error: BaseException) -> None:
     """Tells every process that this process's save of `step` failed."""
-    if self._failed is None and step == self._step:
+    if self._mine is None and step == self._step:
       self._post(root_cause(error, keep_end=True))
 
   def sync(self, *, key: str, timeout_ms: int) -> None:
-    if threading.current_thread() is self._saver:  # the save's own set-up
-      self._orbax(key=key, timeout_ms=timeout_ms)
+    if self._step is None or threading.current_thread() is self._saver:
+      self._orbax(key=key, timeout_ms=timeout_ms)  # the save's own set-up
       return
-    # Orbax calls the flag barrier in a `finally:` after the save's threads
-    # failed here: the exception in flight is this process's failure.
+    # Orbax syncs the flag in a `finally:` after the save's threads failed
+    # here: the exception in flight is this process's failure.
     error = sys.exc_info()[1]
-    if error is not None and self._failed is None:
+    if error is not None and self._mine is None:
       self._post(root_cause(error, keep_end=True))
-    if _FLAG_BARRIER in key:
-      if self._failed is None:
-        self._orbax(key=key, timeout_ms=timeout_ms)
-      return  # a failed save: every process skips it
+    if self._mine is not None:
+      if _FLAG_BARRIER in key:
+        return
+      raise PeerSaveFailed(self._mine)  # never commit a failed save
     self._agree(key, timeout_ms)
 
   def _post(self, why: str) -> None:
-    self._failed = why
+    self._mine = why
     _client().key_value_set(
         f"{self._base}/{self._step}/failed/{jax.process_index()}", why,
         allow_overwrite=True)
@@ -99,30 +98,27 @@ class SaveBarrier:
   def _agree(self, key: str, timeout_ms: int) -> None:
     """Waits until every process arrived at `key`, or raises once any
     process has posted that this save failed."""
-    client, step = _client(), self._step
-    if self._failed is None:
-      client.key_value_set(
-          f"{self._base}/{step}/arrived/{key}/{jax.process_index()}", "1")
+    client, step, me = _client(), self._step, jax.process_index()
+    client.key_value_set(f"{self._base}/{step}/arrived/{key}/{me}", "1")
     deadline = time.monotonic() + timeout_ms / 1000
     while True:
-      notices = client.key_value_dir_get(f"{self._base}/{step}/failed/")
+      notices = dict(sorted(
+          (int(k.rsplit("/", 1)[-1]), v) for k, v in
+          client.key_value_dir_get(f"{self._base}/{step}/failed/")))
+      if me in notices:  # posted by another thread of this process
+        raise PeerSaveFailed(notices[me])
       if notices:
-        failed = sorted((int(k.rsplit("/", 1)[-1]), v) for k, v in notices)
-        if self._failed is None:
-          self._failed = f"process {failed[0][0]} failed"
-        mine = dict(failed).get(jax.process_index())
-        if mine is not None:
-          raise PeerSaveFailed(mine)
+        peer, why = next(iter(notices.items()))
         raise PeerSaveFailed(
-            f"process {failed[0][0]} of {jax.process_count()} could not "
-            f"write its part of step {step}: {failed[0][1]} (this process "
-            f"wrote its own part; the step is not committed)")
+            f"process {peer} of {jax.process_count()} failed to save its "
+            f"part of step {step}: {why} (this process saved its own "
+            f"part)")
       arrived = client.key_value_dir_get(f"{self._base}/{step}/arrived/{key}/")
       if len(arrived) == jax.process_count():
         return
       if time.monotonic() > deadline:
         raise TimeoutError(
             f"{len(arrived)} of {jax.process_count()} processes reached "
-            f"Orbax's barrier {key!r} within {timeout_ms / 1000:.0f} s")
+            f"Orbax's barrier {key!r} of step {step} within "
+            f"{timeout_ms / 1000:.0f} s")
       time.sleep(_POLL_S)
-

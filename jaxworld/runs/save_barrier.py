@@ -16,8 +16,8 @@ save failed posts a notice for that step in the distributed key-value
 store; every background barrier waits for every process to arrive *or* for
 a notice, and on a notice raises `PeerSaveFailed`: the primary never
 commits the step, and each process's next `wait_until_finished` raises.
-The process that failed skips the progress-flag barriers (its own error is
-already on its way up). A successful save passes the same barriers as
+Once a process knows the save failed it skips the progress-flag barriers
+(every process does, so none waits there). A successful save passes the same barriers as
 before; the ones in the saving thread are Orbax's own.
 """
 
@@ -61,17 +61,17 @@ class SaveBarrier:
     self._orbax = ocp.multihost.get_barrier_sync_fn()
     self._step: int | None = None
     self._saver: threading.Thread | None = None
-    self._mine: str | None = None  # why this process's save failed
+    self._failed: str | None = None  # why the save failed, once known
 
   def begin(self, step: int) -> None:
     """Called by the saving thread before the save of `step` starts (the
     previous save's threads have finished)."""
-    self._step, self._mine = step, None
+    self._step, self._failed = step, None
     self._saver = threading.current_thread()
 
   def fail(self, step: int, error: BaseException) -> None:
     """Tells every process that this process's save of `step` failed."""
-    if self._mine is None and step == self._step:
+    if self._failed is None and step == self._step:
       self._post(root_cause(error, keep_end=True))
 
   def sync(self, *, key: str, timeout_ms: int) -> None:
@@ -79,18 +79,22 @@ class SaveBarrier:
       self._orbax(key=key, timeout_ms=timeout_ms)  # the save's own set-up
       return
     # Orbax syncs the flag in a `finally:` after the save's threads failed
-    # here: the exception in flight is this process's failure.
+    # here: the exception in flight is the failure. Only a process's own
+    # failure is posted; one learnt from a peer was posted there.
     error = sys.exc_info()[1]
-    if error is not None and self._mine is None:
-      self._post(root_cause(error, keep_end=True))
-    if self._mine is not None:
+    if error is not None and self._failed is None:
+      if isinstance(error, PeerSaveFailed):
+        self._failed = str(error)
+      else:
+        self._post(root_cause(error, keep_end=True))
+    if self._failed is not None:
       if _FLAG_BARRIER in key:
-        return
-      raise PeerSaveFailed(self._mine)  # never commit a failed save
+        return  # every process skips them once it knows
+      raise PeerSaveFailed(self._failed)  # never commit a failed save
     self._agree(key, timeout_ms)
 
   def _post(self, why: str) -> None:
-    self._mine = why
+    self._failed = why
     _client().key_value_set(
         f"{self._base}/{self._step}/failed/{jax.process_index()}", why,
         allow_overwrite=True)
@@ -106,13 +110,15 @@ class SaveBarrier:
           (int(k.rsplit("/", 1)[-1]), v) for k, v in
           client.key_value_dir_get(f"{self._base}/{step}/failed/")))
       if me in notices:  # posted by another thread of this process
-        raise PeerSaveFailed(notices[me])
+        self._failed = notices[me]
+        raise PeerSaveFailed(self._failed)
       if notices:
         peer, why = next(iter(notices.items()))
-        raise PeerSaveFailed(
+        self._failed = (
             f"process {peer} of {jax.process_count()} failed to save its "
             f"part of step {step}: {why} (this process saved its own "
             f"part)")
+        raise PeerSaveFailed(self._failed)
       arrived = client.key_value_dir_get(f"{self._base}/{step}/arrived/{key}/")
       if len(arrived) == jax.process_count():
         return

@@ -3,10 +3,15 @@ in a row, resuming after each on a random process count, and ends where an
 uninterrupted run ends.
 
     python bench/fault_drill.py --faults 20 --seed 0
+    python bench/fault_drill.py --faults-list kill9_all:1,corrupt_record:1,\
+        disk_full:2 --processes 1 --steps 8 --reference-processes 1
+
+(the second is the small drill that tests/test_fault_drill.py runs).
 
 The run is the tiny tokenizer (configs/tiny.toml: encoder and decoder width
 32, FSDP over 4 CPU devices split over 1, 2 or 4 processes, gloo), saved
-every step. Each fault is one of
+every step, reading its data with data.bad_records=skip. Each fault is one
+of
 
     kill9_one        kill -9 of one process at a random step
     kill9_all        kill -9 of every process at a random step
@@ -14,13 +19,20 @@ every step. Each fault is one of
     truncate_newest  a SIGTERM stop, then the newest checkpoint truncated:
                      the resume falls back to the step before it
     disk_full        every write over 100 kB fails (RLIMIT_FSIZE, as on a
-                     full disk): the first save stops the run (status 2)
+                     full disk): the first save stops every process with
+                     SaveFailed (status 2)
+    corrupt_record   a SIGTERM stop, then one training record that the next
+                     segment reads (global batch <stop step> to 2 later) is
+                     damaged on disk (its checksum fails): the run skips it
+                     for the next record in index order and says so
 
 and the next segment resumes with --resume. A fault is survived when it
 ended the segment as it should (no hang, no other error) and the next
-segment resumed from the newest intact step and trained on. At the end the
-loss curve, the batch fingerprints and the final parameters are compared
-with an uninterrupted 2-process run, and the drill prints
+segment resumed from the newest intact step and trained on (after a
+corrupt record, and if it trained past that batch, one of its processes
+logged the skip). At the end the loss curve, the batch fingerprints and the
+final parameters are compared with an uninterrupted run (2 processes, or
+--reference-processes), and the drill prints
 
     faults survived K/N, steps lost L, final params equal: yes/no
 
@@ -28,6 +40,17 @@ with an uninterrupted 2-process run, and the drill prints
 Parameters count as equal within rtol 2e-4, atol 1e-5 (fp32: 1, 2 and 4
 processes reduce in different orders); the largest difference is printed.
 Every segment has a time limit; a hang ends the drill as a failure.
+
+What "equal" means with corrupt records: the drilled run trains on data
+that changes under it, so the uninterrupted run runs after the drill, on a
+copy of the clean data with the same records damaged the same way. That is
+the data the drilled run saw at every step it kept: the dataset holds at
+least steps x batch episodes, so the one global stream reads each episode
+once (no second epoch), and a record is damaged only if its first read is
+at or after the batch the next segment resumes at, and if no damaged record
+would be replaced by it. So every kept step read, before and after the
+damage, what the uninterrupted run reads, and equal final parameters mean
+that faults, resumes and skips changed nothing the run computed.
 """
 
 from __future__ import annotations
@@ -48,17 +71,19 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "launch"))
+sys.path[:0] = [str(ROOT), str(ROOT / "launch")]  # this checkout's jaxworld
+import drill_data  # noqa: E402
 import local as launcher  # noqa: E402
 
-FAULTS = ("kill9_one", "kill9_all", "sigterm", "truncate_newest", "disk_full")
+FAULTS = ("kill9_one", "kill9_all", "sigterm", "truncate_newest", "disk_full",
+          "corrupt_record")
 DEVICES = 4  # in every segment, so the mesh (fsdp=4) is the same
 FILE_SIZE_LIMIT = 100_000  # bytes; the tiny model's arrays file is larger
 
 
 def _train_cmd(data: Path, run: Path, steps: int) -> list[str]:
   return [sys.executable, "-m", "jaxworld.cli", "train",
-          str(ROOT / "configs" / "tiny.toml"), f"data.path={data}",
+          str(drill_data.TINY), f"data.path={data}", "data.bad_records=skip",
           "tokenizer.encoder.width=32", "tokenizer.decoder.width=32",
           "mesh.preset=fsdp", f"train.steps={steps}", "train.log_every=1",
           "train.checkpoint_every=1", "train.keep_checkpoints=3",
@@ -185,22 +210,24 @@ class Segment:
 
 
 def _run_uninterrupted(args, data: Path, run: Path, env, logs: Path) -> None:
-  seg = Segment(99, run, _train_cmd(data, run, args.steps), 2, env, logs)
+  n = args.reference_processes
+  seg = Segment(99, run, _train_cmd(data, run, args.steps), n, env, logs)
   codes = seg.wait(time.monotonic() + args.segment_timeout)
-  if codes != [0, 0]:
+  if codes != [0] * n:
     sys.exit(f"the uninterrupted run failed ({codes}); see {seg.log_paths}")
 
 
 def _inject(fault: str, seg: Segment, rng: np.random.Generator, start: int,
-            steps: int, deadline: float) -> tuple[bool, str]:
-  """Runs the fault on a started segment; (as it should, what happened)."""
+            steps: int, deadline: float, data: Path, damaged: list
+            ) -> tuple[bool, str]:
+  """Runs the fault on a started segment; (as it should, what happened).
+  `data`, `damaged`: the drilled run's data and its damaged records."""
   if fault == "disk_full":  # the segment itself runs under the size limit
     codes = seg.wait(deadline)
-    # The process whose write fails says so; a peer may instead stop on the
-    # lost collective or its own failed write.
-    ok = (None not in codes and 0 not in codes and any(
+    # Every process stops with SaveFailed, also those whose own files fit.
+    ok = codes == [2] * seg.processes and all(
         "jaxworld: error: Saving checkpoint step" in seg.log(i)
-        for i in range(seg.processes)))
+        for i in range(seg.processes))
     return ok, f"stopped by a failed save, exit codes {codes}"
   target = min(start + int(rng.integers(1, 4)), steps - 1)
   if not seg.wait_for_step(target, deadline):
@@ -223,6 +250,13 @@ def _inject(fault: str, seg: Segment, rng: np.random.Generator, start: int,
     if fault == "truncate_newest":
       truncated = _truncate_newest(seg.run)
       what += f"; truncated step {truncated}"
+    if fault == "corrupt_record":
+      # The next segment resumes at the step saved now (global batch
+      # `stopped`) and reads on from there.
+      found = drill_data.corrupt_record(data, _newest_step(seg.run), steps,
+                                        damaged, rng)
+      what += (f"; damaged {found[1]}, first read in global batch "
+               f"{found[0]}" if found else "; no batch left to damage")
   return True, what
 
 
@@ -258,55 +292,78 @@ def main() -> int:
       proc.kill()
 
 
+def _plan(args, rng: np.random.Generator) -> list[tuple[str, int | None]]:
+  """(fault, process count or None: drawn when the segment starts)."""
+  if not args.faults_list:
+    return [(str(rng.choice(FAULTS)), None) for _ in range(args.faults)]
+  plan = []
+  for item in args.faults_list.split(","):
+    fault, _, count = item.partition(":")
+    if fault not in FAULTS:
+      sys.exit(f"--faults-list: unknown fault {fault!r}; the faults are "
+               f"{', '.join(FAULTS)}")
+    plan.append((fault, int(count) if count else None))
+  return plan
+
+
 def _drill() -> int:
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--faults", type=int, default=20)
+  p.add_argument("--faults-list", default="",
+                 help="Faults in this order instead of --faults random ones, "
+                      "comma-separated, each maybe with the process count of "
+                      "its segment: kill9_one:2,corrupt_record:1,disk_full:2.")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--steps", type=int, default=0,
                  help="Training steps (default: 3 per fault + 6).")
   p.add_argument("--processes", default="1,2,4",
                  help="Process counts to resume on, chosen at random.")
+  p.add_argument("--reference-processes", type=int, default=2,
+                 help="Processes of the uninterrupted run.")
   p.add_argument("--segment-timeout", type=float, default=300)
   p.add_argument("--workdir", default="",
                  help="Where to put data and runs (default: a temp dir, "
                       "deleted afterwards).")
   args = p.parse_args()
-  args.steps = args.steps or 3 * args.faults + 6
   counts = [int(c) for c in args.processes.split(",")]
   rng = np.random.default_rng(args.seed)
+  plan = _plan(args, rng)
+  args.faults = len(plan)
+  args.steps = args.steps or 3 * args.faults + 6
   work = Path(args.workdir or tempfile.mkdtemp(prefix="fault_drill_"))
   work.mkdir(parents=True, exist_ok=True)
   logs = work / "logs"
   logs.mkdir(exist_ok=True)
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  # Segments set their own device count (launcher.process_env adds it to
+  # this process's XLA_FLAGS); flags of the caller, e.g. the test suite's
+  # sequential scheduler, which gloo runs refuse, are not theirs.
+  os.environ.pop("XLA_FLAGS", None)
+  env = dict(os.environ)
+  # The segments run this checkout's jaxworld too, whatever is installed.
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(ROOT)] + [x for x in [env.get("PYTHONPATH")] if x])
   env.update(JAXWORLD_HEARTBEAT_TIMEOUT_S="10",
-             # Every segment compiles the same step: compile it once.
-             JAX_COMPILATION_CACHE_DIR=str(work / "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  # Every segment compiles the same step: compile it once (or use the
+  # caller's cache, e.g. the test suite's).
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(work / "jax_cache"))
   t0 = time.monotonic()
-  data = work / "data"
-  if not data.exists():
-    subprocess.run([sys.executable, "-m", "jaxworld.cli", "data", "generate",
-                    str(ROOT / "configs" / "tiny.toml"), "--out", str(data)],
-                   check=True, env=env, capture_output=True)
+  # One epoch covers the run: each episode is read once (module docstring).
+  clean = drill_data.make_data(work, max(args.steps * drill_data.BATCH, 16),
+                               env)
+  damaged: list[tuple[str, int, int]] = []  # (shard, record, episode)
+  data = drill_data.copy_data(clean, work / "data_drilled", damaged)
   ref, run = work / "uninterrupted", work / "drilled"
   shutil.rmtree(run, ignore_errors=True)
-  if _newest_step(ref) == args.steps:  # from an earlier drill in --workdir
-    print(f"uninterrupted run: {ref} (kept from an earlier drill)")
-  else:
-    shutil.rmtree(ref, ignore_errors=True)
-    _run_uninterrupted(args, data, ref, env, logs)
-    print(f"uninterrupted run: {args.steps} steps on 2 processes "
-          f"({time.monotonic() - t0:.0f} s)", flush=True)
 
-  survived, lost, pending = 0, 0, None  # pending: (fault, ok, last step)
-  damaged: set[int] = set()  # truncated steps not yet moved aside
+  survived, lost, pending = 0, 0, None  # pending: (fault, ok, last step, skip)
+  truncated: set[int] = set()  # truncated steps not yet moved aside
   for index in range(args.faults + 1):
     final = index == args.faults
-    fault = None if final else str(rng.choice(FAULTS))
-    processes = int(rng.choice(counts))
+    fault, processes = plan[index] if not final else (None, None)
+    processes = processes or int(rng.choice(counts))
     cmd = _train_cmd(data, run, args.steps)
     if (run / "config.json").exists():
       cmd.append("--resume")
@@ -315,9 +372,9 @@ def _drill() -> int:
     start = _newest_step(run) or 0
     # The step this segment must resume from: the newest intact one. A
     # truncated step stays damaged until a resume moves it aside.
-    damaged = {s for s in damaged
-               if not (run / "checkpoints_damaged" / str(s)).exists()}
-    intact = [s for s in _steps(run) if s not in damaged]
+    truncated = {s for s in truncated
+                 if not (run / "checkpoints_damaged" / str(s)).exists()}
+    intact = [s for s in _steps(run) if s not in truncated]
     expect = intact[-1] if intact else None
     seg = Segment(index, run, cmd, processes, env, logs,
                   piped=fault == "disk_full")
@@ -326,21 +383,29 @@ def _drill() -> int:
       codes = seg.wait(deadline)
       ok, what = codes == [0] * processes, f"exit codes {codes}"
     else:
-      ok, what = _inject(fault, seg, rng, start, args.steps, deadline)
+      ok, what = _inject(fault, seg, rng, start, args.steps, deadline, data,
+                         damaged)
       found = re.search(r"truncated step (\d+)", what)
       if found:
-        damaged.add(int(found.group(1)))
+        truncated.add(int(found.group(1)))
     resumed = seg.resumed_from()
     if resumed is None and expect is None and _logged(run):
       resumed = 0  # nothing saved yet: a fresh start is the resume
     if pending is not None:  # the previous fault: did this segment resume?
-      p_fault, p_ok, p_reached = pending
-      if p_ok and resumed is not None and resumed == (expect or 0):
+      p_fault, p_ok, p_reached, p_skip = pending
+      why = None
+      if not p_ok:
+        why = "the fault did not end its segment as it should"
+      elif resumed is None or resumed != (expect or 0):
+        why = f"resumed from {resumed}, not {expect}"
+      elif p_skip and seg.trained_to() > p_skip[0] and not any(
+          f"skipping: {p_skip[1]} " in seg.log(i) for i in range(processes)):
+        why = f"trained past global batch {p_skip[0]} without skipping " \
+              f"{p_skip[1]}"
+      if why is None:
         survived += 1
         lost += max(p_reached - resumed, 0)
       else:
-        why = (f"resumed from {resumed}, not {expect}" if p_ok else
-               "the fault did not end its segment as it should")
         print(f"  fault {index} ({p_fault}) not survived: {why} "
               f"({seg.log_paths[0]})")
     reached = max(_logged(run), default=0)
@@ -351,10 +416,32 @@ def _drill() -> int:
       print(f"  unexpected; see {seg.log_paths}")
       if final or None in [p.poll() for p in seg.procs]:
         break
-    pending = (fault, ok, reached) if not final else None
+    skip = re.search(r"damaged (.+), first read in global batch (\d+)", what)
+    pending = ((fault, ok, reached,
+                (int(skip.group(2)), skip.group(1)) if skip else None)
+               if not final else None)
 
   finished = max(_logged(run), default=0) == args.steps and _newest_step(
       run) == args.steps
+  # The uninterrupted run reads what the drilled run read: the clean data
+  # with the same records damaged (module docstring). It is kept for the
+  # next drill in this --workdir if that damages the same records.
+  made_for = ref / "drill_damaged.json"
+  wanted = json.dumps({"damaged": damaged, "data": json.loads(
+      (clean / "dataset.json").read_text())["splits"]["train"],
+                       "processes": args.reference_processes})
+  if (finished and _newest_step(ref) == args.steps and made_for.exists()
+      and made_for.read_text() == wanted):
+    print(f"uninterrupted run: {ref} (kept from an earlier drill)")
+  elif finished:
+    shutil.rmtree(ref, ignore_errors=True)
+    t_ref = time.monotonic()
+    ref_data = drill_data.copy_data(clean, work / "data_reference", damaged)
+    _run_uninterrupted(args, ref_data, ref, env, logs)
+    made_for.write_text(wanted)
+    print(f"uninterrupted run: {args.steps} steps on "
+          f"{args.reference_processes} process(es), {len(damaged)} damaged "
+          f"record(s) ({time.monotonic() - t_ref:.0f} s)", flush=True)
   equal, diff, losses, prints = (_compare(ref, run, args.steps) if finished
                                  else (False, float("nan"), False, False))
   print(f"loss curve within rtol 2e-4: {'yes' if losses else 'no'}; batch "

@@ -5,6 +5,7 @@ resumptions run in this process where they can, to save start-up time.
 """
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -197,6 +198,34 @@ def test_failed_save_keeps_earlier_steps_and_stops_clearly(
   assert cli.main(_args(tiny_dataset, run, *args) + ["--resume"]) == 0
   assert _losses(run) == _losses(reference)
   assert _saved(run) == list(range(1, 9))
+
+
+def test_damaged_final_step_is_found_and_retrained(tiny_dataset, reference,
+                                                   tmp_path, caplog):
+  """A run at train.steps used to say 'already finished' on --resume
+  without reading its final step. Intact, it still finishes at once; with
+  its array files cut in half, the step is moved aside and retrained from
+  the one before, with the uninterrupted run's losses bit for bit."""
+  run = tmp_path / "finished"
+  shutil.copytree(reference, run)
+  args = _args(tiny_dataset, run, "train.steps=8", "train.checkpoint_every=1",
+               "train.keep_checkpoints=8") + ["--resume"]
+  with caplog.at_level(logging.INFO, logger="jaxworld.train.loop"):
+    assert cli.main(args) == 0
+  assert "already finished 8 steps" in caplog.text
+  assert not (run / checkpoint.DAMAGED_DIR).exists()
+
+  # Every OCDBT data file: on 8 devices a restore reads only some of them.
+  for f in (run / "checkpoints" / "8" / "state").glob("**/d/*"):
+    f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="jaxworld"):
+    assert cli.main(args) == 0
+  assert "checkpoint step 8 of" in caplog.text and "is damaged" in caplog.text
+  assert "resumed" in caplog.text and "from step 7" in caplog.text
+  assert (run / checkpoint.DAMAGED_DIR / "8").is_dir()
+  assert _saved(run) == list(range(1, 9))
+  assert _losses(run) == _losses(reference)
 
 
 def test_resume_with_another_preset(tiny_dataset, tmp_path,

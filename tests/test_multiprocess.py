@@ -1,5 +1,6 @@
 """Several JAX processes on this machine: the multi-host path of the trainer."""
 
+import concurrent.futures
 import json
 import os
 import re
@@ -126,6 +127,63 @@ def test_resume_on_another_process_count_continues_the_global_stream(
     np.testing.assert_allclose([got[s] for s in range(1, 7)],
                                [expected_loss[s] for s in range(1, 7)],
                                rtol=2e-4, err_msg=str(run))
+
+
+def _with_file_size_limit(limit, cmd):
+  """`cmd` where a write past `limit` bytes fails (EFBIG), as on a full
+  disk; SIGXFSZ is ignored so the write returns the error."""
+  return [sys.executable, "-c",
+          "import os, resource, signal, sys; "
+          "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+          f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+          "os.execv(sys.argv[1], sys.argv[1:])", *cmd]
+
+
+def test_save_failing_on_one_process_stops_every_process(
+    tiny_dataset, tmp_path, monkeypatch):
+  """Process 1's checkpoint writes fail (files over 100 kB, as on a full
+  disk) and process 0's succeed: both stop with the SaveFailed message
+  within seconds, where process 0 used to wait in Orbax's commit barrier
+  for process 1 (20 minutes); the step before stays intact, and --resume
+  continues from it with the uninterrupted run's losses."""
+  monkeypatch.delenv("XLA_FLAGS")
+  args = ("mesh.preset=fsdp", "train.steps=4", "train.checkpoint_every=1")
+  cfg = configlib.load(configlib.resolve("tokenizer"), [
+      *TINY, *args, "train.log_every=1", f"data.path={tiny_dataset}"])
+  loop.train(cfg, tmp_path / "ref")  # 1 process x 8 devices
+  run = _copy_until(tmp_path / "ref", 2, tmp_path / "full")
+  address = launcher.free_address()
+  cmd = [*_train_cmd(tiny_dataset, run, *args), "--resume"]
+  start = time.monotonic()
+  procs = [subprocess.Popen(
+      _with_file_size_limit(100_000, cmd) if i == 1 else cmd,
+      env=launcher.process_env(i, 2, address, 2), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  try:
+    # Both pipes at once: process 1 writes pages of failed-write tracebacks,
+    # and blocked on a full pipe it would miss JAX's shutdown barrier.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      errs = [out[1] for out in pool.map(
+          lambda p: p.communicate(timeout=240), procs)]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  took = time.monotonic() - start
+  for i, (p, err) in enumerate(zip(procs, errs)):
+    assert p.returncode == 2, f"process {i}: {err[-3000:]}"
+    error = err[err.index("jaxworld: error:"):].splitlines()[0]
+    assert "Saving checkpoint step 3" in error, error
+    assert "Steps [2] are intact" in error, error
+  assert "File too large" in errs[1]
+  assert "process 1 of 2 failed to save its part of step 3" in errs[0]
+  assert took < 150, took  # start-up, compile, 2 steps; no barrier timeout
+  assert checkpoint.saved_steps(run) == [2]
+  assert (run / "checkpoints" / f"3{checkpoint.UNFINISHED_SUFFIX}").is_dir()
+
+  loop.train(cfg, run, resume=True)
+  assert checkpoint.saved_steps(run) == [2, 3, 4]
+  assert _metric(run, "loss") == _metric(tmp_path / "ref", "loss")
 
 
 def test_tensor_group_across_processes_is_refused(tiny_dataset, tmp_path):

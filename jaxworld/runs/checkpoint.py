@@ -48,7 +48,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from jaxworld import config as configlib
-from jaxworld.errors import JaxWorldError
+from jaxworld.errors import JaxWorldError, root_cause
+from jaxworld.runs import save_barrier
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +99,6 @@ def describe(leaf: Any) -> str:
   return f"{np.dtype(dtype).name if dtype is not None else '?'}[{shape}]"
 
 
-def _problem(e: BaseException, keep_end: bool = False) -> str:
-  """The root cause, shortened; `keep_end` keeps its end too, where a failed
-  write names the OS error."""
-  while e.__cause__ is not None:  # the root cause names the file and byte
-    e = e.__cause__
-  text = " ".join(str(e).split())
-  if len(text) > 300:
-    text = (f"{text[:150]} ... {text[-150:]}" if keep_end
-            else f"{text[:300]}...")
-  return f"{type(e).__name__}: {text}"
-
-
 def step_problem(step_dir: Path, data: bool = True) -> str | None:
   """What is visibly wrong with a finalized step directory, from its files
   (`data`: the data position is needed too)."""
@@ -135,7 +124,7 @@ def saved_arrays(manager: ocp.CheckpointManager, step: int
     metadata = manager.item_metadata(step)["state"]
   except Exception as e:  # pylint: disable=broad-except  # see _restore_step
     raise DamagedStep(
-        f"its state metadata cannot be read ({_problem(e)})") from e
+        f"its state metadata cannot be read ({root_cause(e)})") from e
   if metadata is None:
     raise DamagedStep("its state metadata cannot be read")
   return leaves(getattr(metadata, "tree", metadata))
@@ -273,7 +262,7 @@ def _restore_step(manager: ocp.CheckpointManager, step: int, where: str,
   # OUT_OF_RANGE for a truncated file as a bare Exception, a truncated JSON
   # file gives a ValueError, a missing item a KeyError.
   except Exception as e:  # pylint: disable=broad-except
-    raise DamagedStep(_problem(e)) from e
+    raise DamagedStep(root_cause(e)) from e
 
 
 def _attempt(restore: Any) -> tuple[Any, str | None]:
@@ -299,6 +288,10 @@ class Checkpoints:
     policies = [ocp.checkpoint_managers.LatestN(keep)]
     if keep_every:
       policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))
+    # On several processes a write that fails on one of them must fail the
+    # save on all, not leave the others in Orbax's barriers (save_barrier).
+    self._barrier = (save_barrier.SaveBarrier(str(self.directory))
+                     if jax.process_count() > 1 else None)
     self.manager = ocp.CheckpointManager(
         self.directory, item_handlers=_item_handlers(),
         options=ocp.CheckpointManagerOptions(
@@ -307,7 +300,9 @@ class Checkpoints:
             # Unfinished saves are evidence; they are replaced only when the
             # same step is saved again (see save()), never swept at start.
             cleanup_tmp_directories=False,
-            create=True, enable_async_checkpointing=async_save))
+            create=True, enable_async_checkpointing=async_save,
+            async_options=ocp.AsyncOptions(
+                barrier_sync_fn=self._barrier and self._barrier.sync)))
     self._pending: int | None = None  # the step an async save is writing
     self._failed = False
 
@@ -324,6 +319,8 @@ class Checkpoints:
       log.warning("replacing %s, an earlier save of step %d that never "
                   "finished", unfinished, step)
     self._pending = step
+    if self._barrier is not None:
+      self._barrier.begin(step)
     self._finish(lambda: self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeSave(nnx.to_pure_dict(state)),
         **{POSITION_ITEM: ocp.args.JsonSave({
@@ -433,22 +430,30 @@ class Checkpoints:
     except Exception as e:  # pylint: disable=broad-except  # e.g. ENOSPC
       self._failed = True
       step, self._pending = self._pending, None
+      if self._barrier is not None:  # peers waiting for this save stop too
+        self._barrier.fail(step, e)
       raise self._save_failed(step, e) from e
     if written:
       self._pending = None
 
   def _save_failed(self, step: int | None, error: BaseException
                    ) -> SaveFailed:
+    cause = error
+    while cause.__cause__ is not None:
+      cause = cause.__cause__
+    # A peer's failure already names its root cause, shortened.
+    problem = (str(cause) if isinstance(cause, save_barrier.PeerSaveFailed)
+               else root_cause(error, keep_end=True))
     saved = sorted(self.manager.all_steps(read=True))
     intact = (f"Steps {saved} are intact and step {saved[-1]} is where "
               f"--resume continues" if saved else "No earlier step was saved")
     return SaveFailed(
         f"Saving checkpoint step {step} to {self.directory} failed "
-        f"({_problem(error, keep_end=True)}). {intact}; what was written of step {step} "
-        f"(if anything, in {step}{UNFINISHED_SUFFIX}) is ignored and replaced "
+        f"({problem}). {intact}; what was written of step {step} (if "
+        f"anything, in {step}{UNFINISHED_SUFFIX}) is ignored and replaced "
         f"when that step is saved again. Free disk space or fix the "
-        f"directory's "
-        f"permissions, then rerun the same command with --resume.")
+        f"directory's permissions, then rerun the same command with "
+        f"--resume.")
 
   def close(self) -> None:
     try:

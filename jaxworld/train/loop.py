@@ -46,6 +46,8 @@ def train(cfg: Config, workdir: str | Path, resume: bool = False
                                           cfg.mesh.rules)
   stage, t = cfg.train.stage, cfg.train
   start = setup.resume_step(workdir, t.steps, resume)
+  if start == t.steps:  # finished, if its final step can be read
+    start = setup.verify_final_step(cfg, workdir, mesh)
   if start == t.steps:
     log.info("%s already finished %d steps; nothing to do", workdir, t.steps)
     return {"stage": stage, "steps": t.steps,

@@ -133,6 +133,27 @@ def resume_step(workdir: Path, steps: int, resume: bool) -> int | None:
   return saved[-1] if saved else None
 
 
+def verify_final_step(cfg: Config, workdir: Path, mesh: Any) -> int | None:
+  """The step a run already at train.steps resumes from: train.steps if its
+  final checkpoint restores, else the newest older step that does.
+
+  A finished run would otherwise never read its final step, so damage to
+  it would go unnoticed. This reads it as a resume does (each process its
+  own shards, agreeing on the outcome; nothing is compiled); a damaged step
+  is moved aside like any other (Checkpoints.restore_latest), and the run
+  retrains from the step before it.
+  """
+  t = cfg.train
+  _, abstract = steplib.abstract_state(cfg, t.stage)
+  shardings = sharding.param_shardings(abstract, mesh, cfg.mesh.rules)
+  ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, t.keep_every)
+  try:
+    found = ckpts.restore_latest(abstract, shardings, max_step=t.steps)
+  finally:
+    ckpts.close()
+  return found[0] if found is not None else None
+
+
 def last_logged(workdir: Path) -> dict[str, float]:
   last: dict[str, Any] = {}
   metrics_file = workdir / "metrics.jsonl"

@@ -117,6 +117,7 @@ def run(workdir: str | Path, overrides: Sequence[str] = (),
     dyn_cfg = configlib.load(configlib.resolve(recipe),
                              [f"dynamics.tokenizer_workdir={tok_dir}",
                               *common])
+  _check_same_recipe(dyn_dir, dyn_cfg, recipe)
   seconds: dict[str, float] = {}
 
   start = time.perf_counter()
@@ -173,6 +174,21 @@ def run(workdir: str | Path, overrides: Sequence[str] = (),
   (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   print("\n".join(summary_lines(summary, root)), flush=True)
   return summary
+
+
+def _check_same_recipe(dyn_dir: Path, cfg: configlib.Config, recipe: str
+                       ) -> None:
+  """A demo directory continues only with the recipe that made it."""
+  saved = dyn_dir / "config.json"
+  if not saved.exists():
+    return
+  kind = json.loads(saved.read_text()).get("dynamics", {}).get("kind")
+  if kind != cfg.dynamics.kind:
+    raise JaxWorldError(
+        f"{dyn_dir} holds a dynamics.kind={kind!r} model, but the recipe "
+        f"{recipe!r} trains dynamics.kind={cfg.dynamics.kind!r}. Continue it "
+        f"with the recipe that made it (`--recipe dynamics` is FSQ + "
+        f"MaskGIT), or run this recipe in a new --workdir.")
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -40,11 +40,14 @@ def test_demo_writes_everything(demo_run):
                   if p.name.isdigit()) == ["2", "4"]
 
 
-def test_demo_again_skips_finished_stages(demo_run):
+def test_demo_again_skips_finished_stages(demo_run, capsys):
   before = json.loads((demo_run / "summary.json").read_text())
+  # Another recipe than the one that made the directory: a clear refusal.
+  assert cli.main(["demo", "--workdir", str(demo_run), *TINY]) == 2
+  assert "--recipe dynamics" in capsys.readouterr().err
   # 1: the tiny demo misses the bar again (tests/test_demo.py).
-  assert cli.main(["demo", "--workdir", str(demo_run), *TINY,
-                   "train.log_every=1"]) == 1
+  assert cli.main(["demo", "--workdir", str(demo_run), "--recipe", "dynamics",
+                   *TINY, "train.log_every=1"]) == 1
   after = json.loads((demo_run / "summary.json").read_text())
   assert after["psnr_model"] == before["psnr_model"]  # same models, same rollout
   assert after["stage_seconds"]["tokenizer"] < 5  # nothing compiled or trained

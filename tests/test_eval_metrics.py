@@ -241,7 +241,7 @@ def test_velocity_is_read_where_each_ball_is():
     shifted_NMF[np.arange(n), (tokens_NK[:, k] + 1) % (grid * grid),
                 2 * k:2 * k + 2] = states_NK4[:, k, 2:]
   read = lambda x: probe.velocity_at_objects(
-      x[:400], states_NK4[:400], x[400:], states_NK4[400:], image_size=32)
+      x[:400], states_NK4[:400], x[400:], states_NK4[400:], image_size=32, patch=8)
   assert read(x_NMF) > 0.99
   assert read(shifted_NMF) < 0.1
 

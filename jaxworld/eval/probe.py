@@ -198,8 +198,8 @@ def object_tokens(states_NK4: np.ndarray, image_size: int, patch: int
 
 def velocity_at_objects(train_NMF: np.ndarray, train_states_NK4: np.ndarray,
                         test_NMF: np.ndarray, test_states_NK4: np.ndarray,
-                        image_size: int, alphas: Sequence[float] = ALPHAS
-                        ) -> float:
+                        image_size: int, patch: int,
+                        alphas: Sequence[float] = ALPHAS) -> float:
   """Mean held-out R^2 of each ball's velocity (vx, vy) read from the
   features [N, M tokens, F] of the token under its centre (one ridge
   read-out per ball). Give only frames with history: from one frame a
@@ -211,7 +211,6 @@ def velocity_at_objects(train_NMF: np.ndarray, train_states_NK4: np.ndarray,
   mostly over-fits. Reading at the object asks only what the state there
   holds.
   """
-  patch = int(round(image_size / np.sqrt(train_NMF.shape[1])))
   at = lambda x_NMF, states: [
       x_NMF[np.arange(len(x_NMF)), idx_N] for idx_N in
       object_tokens(states, image_size, patch).T]
@@ -278,7 +277,8 @@ def physics_probe(tokenizer: nnx.Module, cfg: Config,
                                              x_NF.shape[1] // n_tokens)
     result["velocity_at_object_r2"] = velocity_at_objects(
         tokens(train_NF), seen(train_states), tokens(test_NF),
-        seen(test_states), cfg.world.image_size, alphas)
+        seen(test_states), cfg.world.image_size, cfg.tokenizer.patch_size,
+        alphas)
     return result
 
   if dynamics is not None and build.kind("dynamics", kind).features:

@@ -119,8 +119,9 @@ class BackboneConfig:
   depth: int = field(4, "Number of ST blocks.")
   num_heads: int = field(4, "Attention heads (width must divide by it).")
   mlp_ratio: int = field(4, "MLP hidden width = mlp_ratio * width.")
-  remat: Literal["none", "full", "save_dots"] = field(
-      "none", "Rematerialisation of each block: none, full, save_dots.")
+  remat: Literal["auto", "none", "full", "save_dots"] = field(
+      "auto", "Rematerialisation of each block: auto (save_dots below 500M "
+      "backbone parameters, full above), none, full, save_dots.")
   dtype: Literal["auto", "float32", "bfloat16"] = field(
       "auto", "Compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), "
       "float32 or bfloat16; params stay float32.")

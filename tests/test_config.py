@@ -4,6 +4,7 @@ import typing
 
 import pytest
 
+from conftest import tiny_config
 from jaxworld import config
 from jaxworld.errors import JaxWorldError
 
@@ -98,3 +99,18 @@ def test_public_surface_is_re_exported():
                "load_preset", "CONFIG_DIR", "BackboneConfig", "MeshConfig"):
     assert hasattr(config, name), name
   assert config.flatten({"a": {"b": 1}}) == {"a.b": 1}
+
+
+def test_a_run_resumes_with_another_remat_but_not_another_width(tmp_path):
+  """remat and scan unrolling compute the same model: a run saved with
+  remat none resumes under the "auto" default; a wider model does not."""
+  from jaxworld.train import setup
+  config.save(tiny_config("dynamics.backbone.remat=none",
+                          "tokenizer.encoder.remat=none"),
+              tmp_path / "config.json")
+  setup.check_workdir(tiny_config("dynamics.backbone.scan_unroll=2"),
+                      tmp_path, resume=True)
+  with pytest.raises(JaxWorldError, match=r"in dynamics.backbone.width\. "
+                     r".*\*\.remat, \*\.scan_unroll may change"):
+    setup.check_workdir(tiny_config("dynamics.backbone.width=64"), tmp_path,
+                        resume=True)

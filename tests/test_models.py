@@ -6,6 +6,7 @@ import numpy as np
 from flax import nnx
 
 from conftest import tiny_config
+from jaxworld.config import BackboneConfig
 from jaxworld.models import build
 from jaxworld.models.st_transformer import STTransformer
 from jaxworld.parallel import axes
@@ -89,3 +90,12 @@ def test_every_parameter_has_known_logical_names():
       names = var.get_metadata().get("out_sharding")
       assert names is not None and len(names) == var.ndim, path
       assert set(names) <= set(axes.ALL), (path, names)
+
+
+def test_remat_auto_is_save_dots_below_half_a_billion_parameters():
+  assert build.remat_policy(BackboneConfig()) == "save_dots"
+  # The ladder's 300M and 1B rungs (docs/scaling.md): 18 x 1024, 16 x 2048.
+  assert build.remat_policy(BackboneConfig(width=1024, depth=18)) == "save_dots"
+  assert build.remat_policy(BackboneConfig(width=2048, depth=16)) == "full"
+  assert build.remat_policy(BackboneConfig(remat="none")) == "none"
+  assert build.backbone(BackboneConfig())["remat"] == "save_dots"

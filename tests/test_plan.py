@@ -28,13 +28,18 @@ def test_plan_on_8_devices_reports_fit_and_fixes(tmp_path):
   assert m["temporaries"] > 0 and m["total"] >= m["temporaries"]
   assert r["flops_per_step"]["analytic"] > 0 and r["flops_per_step"]["xla"]
   # The fixes, biggest part first, name the settings to change.
-  fixes = plan.advice(tiny_config(), {"data": 2, "fsdp": 1, "sequence": 1,
-                                      "tensor": 1},
-                      {"params": 100, "optimizer": 200, "temporaries": 1000,
-                       "total": 1300}, usable=500)
+  two = {"data": 2, "fsdp": 1, "sequence": 1, "tensor": 1}
+  too_big = {"params": 100, "optimizer": 200, "temporaries": 1000,
+             "total": 1300}
+  no_remat = tiny_config("tokenizer.encoder.remat=none",
+                         "tokenizer.decoder.remat=none")
+  fixes = plan.advice(no_remat, two, too_big, usable=500)
   assert "mesh.preset=fsdp" in fixes[0]
   assert any("tokenizer.encoder.remat=save_dots" in f for f in fixes)
   assert any("train.batch_size=4" in f for f in fixes)
+  # remat "auto" is save_dots at this size, so the next step is full.
+  fixes = plan.advice(tiny_config(), two, too_big, usable=500)
+  assert any("tokenizer.encoder.remat=full" in f for f in fixes)
   # One device whose state alone is too big: how many devices it needs.
   one = {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
   fixes = plan.advice(tiny_config(), one, {"params": 300, "optimizer": 600,

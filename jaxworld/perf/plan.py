@@ -19,6 +19,7 @@ from typing import Any
 
 from jaxworld.config import Config
 from jaxworld.errors import JaxWorldError
+from jaxworld.models import build
 from jaxworld.perf import peaks
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def advice(cfg: Config, mesh_shape: dict[str, int], mem: dict[str, Any],
   stage_backbones = {"tokenizer": ("tokenizer.encoder", "tokenizer.decoder"),
                      "lam": ("lam.encoder", "lam.decoder"),
                      "dynamics": ("dynamics.backbone",)}[cfg.train.stage]
-  remat = {k: _get(cfg, k).remat for k in stage_backbones}
+  remat = {k: build.remat_policy(_get(cfg, k)) for k in stage_backbones}
   if any(r == "none" for r in remat.values()):
     fixes.append("rematerialise the blocks: " + " ".join(
         f"{k}.remat=save_dots" for k in stage_backbones)

@@ -38,6 +38,10 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.nan_policy", "data.prefetch", "data.path",
                      "data.num_workers",
                      "mesh.")
+# Any backbone's remat policy and scan unrolling may change too: they trade
+# memory and compile time for speed, and compute the same model (to float
+# rounding), so a run started before remat "auto" became the default resumes.
+RESUMABLE_SUFFIXES = (".remat", ".scan_unroll")
 
 
 def check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:
@@ -51,10 +55,12 @@ def check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:
   old = configlib.flatten(configlib.to_dict(configlib.load(saved)))
   new = configlib.flatten(configlib.to_dict(cfg))
   changed = [k for k in new if old.get(k) != new[k]
-             and not k.startswith(RESUMABLE_CHANGES)]
+             and not k.startswith(RESUMABLE_CHANGES)
+             and not k.endswith(RESUMABLE_SUFFIXES)]
   if changed:
-    allowed = ", ".join(k + "*" if k.endswith(".") else k
-                        for k in RESUMABLE_CHANGES)
+    allowed = ", ".join([k + "*" if k.endswith(".") else k
+                         for k in RESUMABLE_CHANGES]
+                        + ["*" + k for k in RESUMABLE_SUFFIXES])
     raise JaxWorldError(
         f"Cannot resume {workdir}: the config differs from the one it was "
         f"started with in {', '.join(changed)}. Resume with the same config "

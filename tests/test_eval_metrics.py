@@ -226,24 +226,34 @@ def test_physics_probe_runs_on_a_tiny_tokenizer():
 
 def test_velocity_is_read_where_each_ball_is():
   """Features that hold each ball's velocity at the token under it read
-  back exactly; the same features one token over read nothing."""
+  back exactly; the same features one token over read nothing at radius 0,
+  and are read within the 3 x 3 neighbourhood but not 3 tokens over."""
   rng = np.random.default_rng(0)
-  n, grid, f = 600, 4, 8
-  states_NK4 = np.concatenate([rng.uniform(0, 32, (n, 3, 2)),
+  n, grid, f = 600, 8, 8
+  states_NK4 = np.concatenate([rng.uniform(0, 64, (n, 3, 2)),
                                rng.normal(size=(n, 3, 2))], -1)
-  tokens_NK = probe.object_tokens(states_NK4, 32, 8)
+  tokens_NK = probe.object_tokens(states_NK4, 64, 8)[..., 0]
   np.testing.assert_array_equal(
       tokens_NK, (states_NK4[:, :2, 1] // 8) * grid + states_NK4[:, :2, 0] // 8)
-  x_NMF = 0.01 * rng.normal(size=(n, grid * grid, f))
-  shifted_NMF = x_NMF.copy()
-  for k in range(2):  # the agent (the last object) has no velocity target
-    x_NMF[np.arange(n), tokens_NK[:, k], 2 * k:2 * k + 2] = states_NK4[:, k, 2:]
-    shifted_NMF[np.arange(n), (tokens_NK[:, k] + 1) % (grid * grid),
-                2 * k:2 * k + 2] = states_NK4[:, k, 2:]
-  read = lambda x: probe.velocity_at_objects(
-      x[:400], states_NK4[:400], x[400:], states_NK4[400:], image_size=32, patch=8)
-  assert read(x_NMF) > 0.99
-  assert read(shifted_NMF) < 0.1
+  hood_NK9 = probe.object_tokens(states_NK4, 64, 8, radius=1)
+  assert hood_NK9.shape == (n, 2, 9) and hood_NK9.min() >= 0
+  np.testing.assert_array_equal(hood_NK9[..., 4], tokens_NK)  # the centre
+
+  def placed(shift: int) -> np.ndarray:
+    x_NMF = 0.01 * rng.normal(size=(n, grid * grid, f))
+    for k in range(2):  # the agent (the last object) has no velocity target
+      x_NMF[np.arange(n), (tokens_NK[:, k] + shift) % (grid * grid),
+            2 * k:2 * k + 2] = states_NK4[:, k, 2:]
+    return x_NMF
+
+  read = lambda x, radius: probe.velocity_at_objects(
+      x[:400], states_NK4[:400], x[400:], states_NK4[400:], image_size=64,
+      patch=8, radius=radius)
+  assert read(placed(0), 0) > 0.99 and read(placed(0), 1) > 0.99
+  assert read(placed(1), 0) < 0.1
+  # One token over is inside the neighbourhood, except at the grid's edge.
+  assert read(placed(1), 1) > 0.7
+  assert read(placed(3), 1) < 0.1
 
 
 def test_blank_baseline_fills_each_episodes_background():

@@ -45,6 +45,8 @@ ALPHAS = tuple(10.0 ** np.arange(-1, 9))
 COLOR_TOL = 30.0
 MIN_COVERAGE = 0.5
 _ENCODE_BATCH = 16  # Windows per encoder call; one compiled shape.
+# Velocities are read from the 3 x 3 tokens around each ball.
+OBJECT_RADIUS = 1
 
 
 def probe(features_train_NF: np.ndarray, targets_train_NY: np.ndarray,
@@ -188,32 +190,44 @@ def _targets(states_NK4: np.ndarray) -> tuple[np.ndarray, list[str]]:
                         axis=1), names
 
 
-def object_tokens(states_NK4: np.ndarray, image_size: int, patch: int
-                  ) -> np.ndarray:
-  """Index [N, K] of the token (row-major patch) under each ball's centre."""
+def object_tokens(states_NK4: np.ndarray, image_size: int, patch: int,
+                  radius: int = 0) -> np.ndarray:
+  """Index [N, K, (2 radius + 1)^2] of the tokens (row-major patches) of the
+  square of cells around each ball's centre cell, clipped to the grid
+  (radius 0: the token under the centre)."""
   grid = image_size // patch
-  cell_NK2 = np.clip(np.floor(states_NK4[:, :-1, :2] / patch), 0, grid - 1)
-  return (cell_NK2[..., 1] * grid + cell_NK2[..., 0]).astype(np.int64)
+  cell_NK2 = np.floor(states_NK4[:, :-1, :2] / patch).astype(np.int64)
+  offsets = np.arange(-radius, radius + 1)
+  dy_R, dx_R = (o.ravel() for o in np.meshgrid(offsets, offsets,
+                                                indexing="ij"))
+  x_NKR = np.clip(cell_NK2[..., :1] + dx_R, 0, grid - 1)
+  y_NKR = np.clip(cell_NK2[..., 1:] + dy_R, 0, grid - 1)
+  return y_NKR * grid + x_NKR
 
 
 def velocity_at_objects(train_NMF: np.ndarray, train_states_NK4: np.ndarray,
                         test_NMF: np.ndarray, test_states_NK4: np.ndarray,
                         image_size: int, patch: int,
-                        alphas: Sequence[float] = ALPHAS) -> float:
+                        alphas: Sequence[float] = ALPHAS,
+                        radius: int = OBJECT_RADIUS) -> float:
   """Mean held-out R^2 of each ball's velocity (vx, vy) read from the
-  features [N, M tokens, F] of the token under its centre (one ridge
-  read-out per ball). Give only frames with history: from one frame a
-  velocity cannot be known.
+  features [N, M tokens, F] of the tokens around it: the (2 radius + 1)^2
+  cells centred on the one under its centre (one ridge read-out per ball).
+  Give only frames with history: from one frame a velocity cannot be
+  known.
 
   A velocity is a property of an object, so a model keeps it where the
   object is; one read-out over every token's features at once must learn
   the same map at each of the M places from a few thousand frames, and
   mostly over-fits. Reading at the object asks only what the state there
-  holds.
+  holds. A ball spans up to 2 x 2 cells and moves up to a cell a frame, so
+  radius 1 covers where it is, was and is going.
   """
-  at = lambda x_NMF, states: [
-      x_NMF[np.arange(len(x_NMF)), idx_N] for idx_N in
-      object_tokens(states, image_size, patch).T]
+  def at(x_NMF: np.ndarray, states_NK4: np.ndarray) -> list[np.ndarray]:
+    idx_NKR = object_tokens(states_NK4, image_size, patch, radius)
+    rows_N1 = np.arange(len(x_NMF))[:, None]
+    return [x_NMF[rows_N1, idx_NKR[:, k]].reshape(len(x_NMF), -1)
+            for k in range(idx_NKR.shape[1])]
   train_K, test_K = at(train_NMF, train_states_NK4), at(test_NMF,
                                                         test_states_NK4)
   r2 = [probe(train_K[k], train_states_NK4[:, k, 2:], test_K[k],
@@ -225,7 +239,7 @@ def velocity_at_objects(train_NMF: np.ndarray, train_states_NK4: np.ndarray,
 def physics_probe(tokenizer: nnx.Module, cfg: Config,
                   train_episodes: Mapping[str, np.ndarray],
                   test_episodes: Mapping[str, np.ndarray],
-                  max_train_frames: int = 3072, max_test_frames: int = 1024,
+                  max_train_frames: int = 6144, max_test_frames: int = 1024,
                   alphas: Sequence[float] = ALPHAS,
                   dynamics: nnx.Module | None = None) -> dict[str, Any]:
   """Linear probes of object positions and velocities: in the dynamics
@@ -288,10 +302,15 @@ def physics_probe(tokenizer: nnx.Module, cfg: Config,
   patches = lambda f: np.asarray(toklib.patchify(
       f, cfg.tokenizer.patch_size)).reshape(-1, n_tokens * (
           cfg.tokenizer.patch_size ** 2 * f.shape[-1]))
+  pixels = probed(patches(train_STHWC), patches(test_STHWC))
+  # An untrained tokenizer (pixel patches) maps each pixel to a latent
+  # affinely, which the standardized probe cannot tell from the pixels.
+  latents = (probed(latents_train, latents_test)
+             if build.tokenizer_kind(cfg).trained else pixels)
   return {
       **out,
-      "latents": probed(latents_train, latents_test),
-      "pixels": probed(patches(train_STHWC), patches(test_STHWC)),
+      "latents": latents,
+      "pixels": pixels,
       "targets": names,
       "num_train_frames": len(y_train_NY), "num_test_frames": len(y_test_NY),
       "latent_dim": latents_train.shape[1],

@@ -122,6 +122,11 @@ class BackboneConfig:
   remat: Literal["auto", "none", "full", "save_dots"] = field(
       "auto", "Rematerialisation of each block: auto (save_dots below 500M "
       "backbone parameters, full above), none, full, save_dots.")
+  attention: Literal["xla", "cudnn"] = field(
+      "xla", "Attention kernel of jax.nn.dot_product_attention: xla (every "
+      "platform) or cudnn (cuDNN flash attention: NVIDIA GPUs, bfloat16 "
+      "compute, head width a multiple of 8 up to 128; not yet measured "
+      "against xla here, see docs/benchmarks.md).")
   dtype: Literal["auto", "float32", "bfloat16"] = field(
       "auto", "Compute dtype: auto (bfloat16 on GPU/TPU, float32 on CPU), "
       "float32 or bfloat16; params stay float32.")

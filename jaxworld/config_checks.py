@@ -123,6 +123,11 @@ def check_backbone(name: str, b: BackboneConfig, check: Check) -> None:
   check(b.width % b.num_heads == 0,
         f"{name}.width={b.width} is not divisible by {name}.num_heads="
         f"{b.num_heads}; pick a width that is a multiple of the heads.")
+  head = b.width // max(b.num_heads, 1)
+  check(b.attention != "cudnn" or (head % 8 == 0 and head <= 128),
+        f"{name}.attention=\"cudnn\" needs a head width (width / num_heads "
+        f"= {head}) that is a multiple of 8 and at most 128; change "
+        f"{name}.num_heads or set {name}.attention=\"xla\".")
 
 
 def check_patch_size(name: str, patch: int, image_size: int, check: Check

@@ -85,6 +85,15 @@ def test_every_backbone_gets_the_same_checks(name, override, match):
     config.from_dict({}, [f"{name}.{override}"])
 
 
+@pytest.mark.parametrize("name", BACKBONES)
+def test_cudnn_attention_needs_a_head_width_it_supports(name):
+  config.from_dict({}, [f"{name}.attention=cudnn"])  # 128 / 4 heads = 32
+  with pytest.raises(JaxWorldError, match=(
+      f"{name}.attention=\"cudnn\" needs a head width "
+      r"\(width / num_heads = 4\) that is a multiple of 8 and at most 128")):
+    config.from_dict({}, [f"{name}.attention=cudnn", f"{name}.num_heads=32"])
+
+
 @pytest.mark.parametrize("name", ("tokenizer.patch_size", "lam.patch_size"))
 def test_patch_sizes_must_be_positive_and_tile_the_frame(name):
   with pytest.raises(JaxWorldError, match=f"{name}=0 must be positive"):
@@ -102,15 +111,18 @@ def test_public_surface_is_re_exported():
 
 
 def test_a_run_resumes_with_another_remat_but_not_another_width(tmp_path):
-  """remat and scan unrolling compute the same model: a run saved with
-  remat none resumes under the "auto" default; a wider model does not."""
+  """remat, scan unrolling and the attention kernel compute the same model:
+  a run saved with remat none resumes under the "auto" default (and on a
+  GPU with cuDNN attention); a wider model does not."""
   from jaxworld.train import setup
   config.save(tiny_config("dynamics.backbone.remat=none",
                           "tokenizer.encoder.remat=none"),
               tmp_path / "config.json")
-  setup.check_workdir(tiny_config("dynamics.backbone.scan_unroll=2"),
+  setup.check_workdir(tiny_config("dynamics.backbone.scan_unroll=2",
+                                  "dynamics.backbone.attention=cudnn"),
                       tmp_path, resume=True)
   with pytest.raises(JaxWorldError, match=r"in dynamics.backbone.width\. "
-                     r".*\*\.remat, \*\.scan_unroll may change"):
+                     r".*\*\.remat, \*\.scan_unroll, \*\.attention may "
+                     r"change"):
     setup.check_workdir(tiny_config("dynamics.backbone.width=64"), tmp_path,
                         resume=True)

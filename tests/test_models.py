@@ -3,10 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from conftest import tiny_config
 from jaxworld.config import BackboneConfig
+from jaxworld.errors import JaxWorldError
 from jaxworld.models import build
 from jaxworld.models.st_transformer import STTransformer
 from jaxworld.parallel import axes
@@ -40,6 +42,35 @@ def test_backbone_remat_gives_the_same_gradients():
     assert has_remat, policy  # rematerialisation is really in the program
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
                  g, base)
+
+
+def test_cudnn_attention_off_a_gpu_is_refused_with_the_fix():
+  if jax.default_backend() == "gpu":
+    pytest.skip("on a GPU cuDNN attention is allowed")
+  with pytest.raises(JaxWorldError, match='runs on NVIDIA GPUs only.*'
+                     'attention="xla"'):
+    build.backbone(BackboneConfig(attention="cudnn"))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu",
+                    reason="cuDNN flash attention needs an NVIDIA GPU")
+def test_cudnn_attention_matches_xla_on_a_gpu():
+  kw = dict(width=64, depth=2, num_heads=4, mlp_ratio=2, num_tokens=16,
+            max_frames=8, dtype="bfloat16")
+  x = jax.random.normal(jax.random.key(1), (2, 8, 16, 64))
+
+  def forward_and_grads(attention):
+    graphdef, state = nnx.split(STTransformer(nnx.Rngs(0),
+                                              attention=attention, **kw))
+    loss = lambda s: jnp.mean(nnx.merge(graphdef, s)(x).astype(jnp.float32)
+                              ** 2)
+    return jax.jit(jax.value_and_grad(loss))(state)
+
+  (loss_xla, g_xla), (loss_cudnn, g_cudnn) = (forward_and_grads("xla"),
+                                              forward_and_grads("cudnn"))
+  np.testing.assert_allclose(loss_cudnn, loss_xla, rtol=2e-2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, atol=2e-2 * float(jnp.abs(b).max()) + 1e-6), g_cudnn, g_xla)
 
 
 def test_tokenizer_shapes_and_range():

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 # varied key; psnr_copy_last is drawn as the reference in psnr_model's plot.
 MAIN_METRICS = ("psnr_model", "psnr_copy_last", "gain_over_copy_last_db",
                 "delta_psnr", "ssim_model")
-PLOTTED = ("psnr_model", "delta_psnr", "ssim_model", "train_loss")
+# Each "<name>_model" is drawn with its "<name>_copy_last" where the eval
+# has one: the baseline a world model must beat.
+PLOTTED = ("psnr_model", "psnr_moving_model", "position_error_model",
+           "ssim_model", "delta_psnr", "train_loss")
 
 
 def _scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -137,11 +140,13 @@ def write_plots(rows: Sequence[dict[str, Any]], key: str, out: Path
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()
     ax.plot(*zip(*have), "o-", label=metric)
-    reference = [(x, r["psnr_copy_last"]) for x, r in zip(xs, done)
-                 if _number(r.get("psnr_copy_last")) is not None]
-    if metric == "psnr_model" and reference:
+    baseline = metric.removesuffix("_model") + "_copy_last"
+    reference = [(x, r[baseline]) for x, r in zip(xs, done)
+                 if metric.endswith("_model")
+                 and _number(r.get(baseline)) is not None]
+    if reference:
       ax.plot(*zip(*reference), "--", color="gray",
-              label="psnr_copy_last (reference)")
+              label=f"{baseline} (reference)")
       ax.legend()
     if numeric and min(xs) > 0 and max(xs) >= 100 * min(xs):
       ax.set_xscale("log")

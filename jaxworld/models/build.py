@@ -206,6 +206,16 @@ def backbone(b: BackboneConfig) -> dict[str, Any]:
   if kwargs["dtype"] == "auto":
     # bf16 matmuls on accelerators; CPUs have no fast bf16 path.
     kwargs["dtype"] = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  if b.attention == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise JaxWorldError(
+          f"backbone.attention=\"cudnn\" runs on NVIDIA GPUs only, and this "
+          f"process runs on {jax.default_backend()}; set the backbone's "
+          f"attention=\"xla\".")
+    if kwargs["dtype"] != "bfloat16":
+      raise JaxWorldError(
+          "backbone.attention=\"cudnn\" needs bfloat16 compute; set the "
+          "backbone's dtype to \"bfloat16\" (or \"auto\" on a GPU).")
   return kwargs
 
 

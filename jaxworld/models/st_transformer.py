@@ -115,12 +115,14 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
   """Multi-head self-attention with QK-norm over [B, L, D] inputs.
 
-  Uses `jax.nn.dot_product_attention`, which dispatches to cuDNN flash
-  attention on GPUs and a fused XLA kernel elsewhere.
+  Uses `jax.nn.dot_product_attention` with the `implementation` given:
+  "xla" (any platform) or "cudnn" (flash attention on NVIDIA GPUs). JAX
+  0.10 never picks cuDNN itself: left unset, it runs the XLA path everywhere.
   """
 
   def __init__(self, rngs: nnx.Rngs, width: int, num_heads: int,
-               dtype: jnp.dtype):
+               dtype: jnp.dtype, implementation: str = "xla"):
+    self.implementation = implementation
     head_dim = width // num_heads
     sizes = dict(D=width, M=num_heads, K=head_dim)
     self.q, self.k, self.v = (
@@ -144,8 +146,11 @@ class Attention(nnx.Module):
     """Output [B, L, D] of queries over S keys; `mask_S` (bool [S]) hides
     keys, e.g. the unfilled slots of a KV cache."""
     mask = None if mask_S is None else mask_S[None, None, None, :]
+    # A masked call reads a KV cache one frame at a time: small, so XLA.
+    implementation = "xla" if mask is not None else self.implementation
     o_BLMK = jax.nn.dot_product_attention(q_BLMK, k_BSMK, v_BSMK, mask=mask,
-                                          is_causal=is_causal)
+                                          is_causal=is_causal,
+                                          implementation=implementation)
     return self.out(o_BLMK)
 
   def __call__(self, x_BLD: jax.Array, is_causal: bool) -> jax.Array:
@@ -198,12 +203,13 @@ class STBlock(nnx.Module):
   """Spatial attention, causal temporal attention, MLP."""
 
   def __init__(self, rngs: nnx.Rngs, width: int, num_heads: int,
-               mlp_ratio: int, dtype: jnp.dtype, token_causal: bool = False):
+               mlp_ratio: int, dtype: jnp.dtype, token_causal: bool = False,
+               attention: str = "xla"):
     self.token_causal = token_causal
     self.spatial_norm = RMSNorm(rngs, width, axes.EMBED)
-    self.spatial_attn = Attention(rngs, width, num_heads, dtype)
+    self.spatial_attn = Attention(rngs, width, num_heads, dtype, attention)
     self.temporal_norm = RMSNorm(rngs, width, axes.EMBED)
-    self.temporal_attn = Attention(rngs, width, num_heads, dtype)
+    self.temporal_attn = Attention(rngs, width, num_heads, dtype, attention)
     self.mlp_norm = RMSNorm(rngs, width, axes.EMBED)
     self.mlp = MLP(rngs, width, mlp_ratio * width, dtype)
 
@@ -295,7 +301,8 @@ class STTransformer(nnx.Module):
   def __init__(self, rngs: nnx.Rngs, *, width: int, depth: int,
                num_heads: int, mlp_ratio: int, num_tokens: int,
                max_frames: int, remat: str = "none", dtype: str = "float32",
-               token_causal: bool = False, scan_unroll: int = 1):
+               token_causal: bool = False, scan_unroll: int = 1,
+               attention: str = "xla"):
     compute_dtype = DTYPES[dtype]
     self.remat, self.dtype = remat, compute_dtype
     # lax.scan's unroll; True (every block inline) once it covers the depth.
@@ -311,7 +318,7 @@ class STTransformer(nnx.Module):
               transform_metadata={nnx.PARTITION_NAME: axes.LAYERS})
     def make_blocks(rngs: nnx.Rngs) -> STBlock:
       return STBlock(rngs, width, num_heads, mlp_ratio, compute_dtype,
-                     token_causal)
+                     token_causal, attention)
 
     self.blocks = make_blocks(rngs)
     self.final_norm = RMSNorm(rngs, width, axes.EMBED)

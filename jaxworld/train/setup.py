@@ -41,7 +41,7 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
 # Any backbone's remat policy and scan unrolling may change too: they trade
 # memory and compile time for speed, and compute the same model (to float
 # rounding), so a run started before remat "auto" became the default resumes.
-RESUMABLE_SUFFIXES = (".remat", ".scan_unroll")
+RESUMABLE_SUFFIXES = (".remat", ".scan_unroll", ".attention")
 
 
 def check_workdir(cfg: Config, workdir: Path, resume: bool) -> None:

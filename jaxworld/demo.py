@@ -39,7 +39,8 @@ SUMMARY_SCORES = ("psnr_model", "psnr_copy_last", "psnr_blank",
                   "psnr_tokenizer", "psnr_moving_model",
                   "psnr_moving_copy_last", "ssim_model", "ssim_copy_last",
                   "ssim_blank", "position_error_model",
-                  "position_error_copy_last", "delta_psnr")
+                  "position_error_copy_last", "objects_found_model",
+                  "objects_found_copy_last", "delta_psnr")
 
 
 def verdict(s: dict[str, Any]) -> tuple[bool, list[str]]:
@@ -210,6 +211,7 @@ def summary_lines(s: dict[str, Any], root: Path) -> list[str]:
       row("SSIM", "ssim", ".3f"),
       row("PSNR of what moved", "psnr_moving", ".2f"),
       row("position error (px)", "position_error", ".2f"),
+      row("objects located", "objects_found", ".0%"),
       f"  {'controllability (dB)':<22}{_num(s['delta_psnr'], '+.2f'):>11}"
       f"   (true minus random actions)",
       f"  tokenizer reconstruction (ceiling) {s['psnr_tokenizer']:.2f} dB",

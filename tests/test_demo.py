@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from jaxworld import cli, demo
+from jaxworld import cli, config, demo
 
 # summary.json's keys; scripts and docs read them.
 SUMMARY_KEYS = {
@@ -42,8 +42,16 @@ def test_the_tiny_demo_misses_the_bar_and_exits_1(tiny_demo_run):
                          .read_text())
   for key in demo.SUMMARY_SCORES:  # the summary is eval's measurement
     assert summary[key] == eval_json[key], key
+  # The share of objects located is what the per-step misses say.
+  missed = sum(eval_json["per_step"]["objects_not_found_model"])
+  balls = config.load(tiny_demo_run.root / "dynamics" / "config.json"
+                      ).world.num_objects
+  objects = eval_json["episodes"] * eval_json["horizon"] * (balls + 1)
+  assert summary["objects_found_model"] == pytest.approx(1 - missed / objects)
   assert tiny_demo_run.exit_code == 1
   lines = [x.strip() for x in tiny_demo_run.stdout.splitlines()]
+  assert any(x.startswith("objects located") and x.endswith("n/a")
+             for x in lines)
   assert "FAIL:" in lines and "PASS:" not in lines
   assert any(x.startswith("MISSED PSNR") for x in lines)
 

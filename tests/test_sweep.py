@@ -328,7 +328,9 @@ dynamics.backbone.width = [32, 64]
 
   # Other overrides in the same --out: refuse rather than mix results.
   _write(f, f.read_text().replace('"]\n[grid]', '", "train.steps=7"]\n[grid]'))
-  with pytest.raises(JaxWorldError, match="other overrides.*another --out"):
+  with pytest.raises(JaxWorldError, match=(
+      r"finished run of another point \(overrides '.*' there, '.* "
+      r"train.steps=7 .*' here\)\. Pass another --out")):
     sweep.run_sweep(f, out, commands=fake)
 
 

@@ -62,12 +62,14 @@ def _finished(sweep: Sweep, point: Point) -> dict[str, Any] | None:
   except (FileNotFoundError, json.JSONDecodeError):
     return None
   mine = _identity(sweep, point)
-  if {k: saved.get(k) for k in mine} != mine:
+  differs = [k for k in mine if saved.get(k) != mine[k]]
+  if differs:
+    shown = lambda v: " ".join(v) if isinstance(v, list) else str(v)
+    what = "; ".join(f"{k} {shown(saved.get(k))!r} there, {shown(mine[k])!r} "
+                     f"here" for k in differs)
     raise JaxWorldError(
-        f"{point.dir} holds a finished run with other overrides "
-        f"({' '.join(saved.get('overrides', []))}) than this sweep's "
-        f"({' '.join(point.overrides)}). Pass another --out, or delete "
-        f"{point.dir} to run it again.")
+        f"{point.dir} holds a finished run of another point ({what}). Pass "
+        f"another --out, or delete {point.dir} to run it again.")
   return saved
 
 

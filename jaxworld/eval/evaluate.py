@@ -113,9 +113,8 @@ def evaluate(world: assemble.WorldModel, data_path: str | Path,
     out["per_step"][f"objects_not_found_{k}"] = [int(x) for x in not_found_T]
     # The error counts located objects only, so a model that erases the
     # balls it is unsure of scores well on it: report how many it kept.
-    out[f"objects_found_{k}"] = float(
-        1.0 - not_found_T.sum() / (states.shape[0] * states.shape[1]
-                                   * states.shape[2]))
+    out[f"objects_found_{k}"] = float(1.0 - not_found_T.sum()
+                                      / states[..., 0].size)
   available = len(stores.open_store(data_path, "train"))
   train = pipeline.load_episodes(data_path, "train",
                                  min(PROBE_TRAIN_EPISODES, available))

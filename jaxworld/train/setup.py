@@ -38,9 +38,10 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
                      "train.nan_policy", "data.prefetch", "data.path",
                      "data.num_workers",
                      "mesh.")
-# Any backbone's remat policy and scan unrolling may change too: they trade
-# memory and compile time for speed, and compute the same model (to float
-# rounding), so a run started before remat "auto" became the default resumes.
+# Any backbone's remat policy, scan unrolling and attention kernel may change
+# too: they trade memory and compile time for speed, and compute the same
+# model (to float rounding), so a run started before remat "auto" became the
+# default resumes, and a CPU run may go on with cuDNN attention on a GPU.
 RESUMABLE_SUFFIXES = (".remat", ".scan_unroll", ".attention")
 
 

@@ -34,7 +34,7 @@ from jaxworld.models import tokenizer as toklib
 
 # Ridge penalties tried (on standardized features). Useful ones span decades
 # with the feature count and the sample size, so we choose on a validation
-# split rather than fix one; the grid is cheap (one factorization per fit).
+# split rather than fix one; each costs one Cholesky solve of the fit's Gram.
 # The largest is in effect the mean predictor (R^2 ~ 0), for targets the
 # features do not encode linearly.
 ALPHAS = tuple(10.0 ** np.arange(-1, 9))
@@ -80,7 +80,7 @@ def probe(features_train_NF: np.ndarray, targets_train_NY: np.ndarray,
         readout.predict_ridge(features_train_NF[n - n_val:], w, b),
         targets_train_NY[n - n_val:]) for w, b in path])
     chosen_Y = np.argmax(np.nan_to_num(val_r2_AY, nan=-np.inf), axis=0)
-  used = sorted(set(chosen_Y.tolist()))  # One factorization for all.
+  used = sorted(set(chosen_Y.tolist()))  # One Gram for all.
   fits = dict(zip(used, readout.fit_ridge_path(
       features_train_NF, targets_train_NY, [alphas[a] for a in used])))
   w_FY = np.stack([fits[a][0][:, j] for j, a in enumerate(chosen_Y)], 1)

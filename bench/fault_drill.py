@@ -336,9 +336,13 @@ def _drill() -> int:
   logs = work / "logs"
   logs.mkdir(exist_ok=True)
   # Segments set their own device count (launcher.process_env adds it to
-  # this process's XLA_FLAGS); flags of the caller, e.g. the test suite's
-  # sequential scheduler, which gloo runs refuse, are not theirs.
-  os.environ.pop("XLA_FLAGS", None)
+  # this process's XLA_FLAGS) and refuse the sequential scheduler (gloo);
+  # the caller's other flags, e.g. the test suite's -O0, are theirs too.
+  os.environ["XLA_FLAGS"] = " ".join(
+      f for f in os.environ.get("XLA_FLAGS", "").split()
+      if not f.startswith(("--xla_force_host_platform_device_count",
+                           "--xla_cpu_enable_concurrency_optimized_scheduler"
+                           )))
   env = dict(os.environ)
   # The segments run this checkout's jaxworld too, whatever is installed.
   env["PYTHONPATH"] = os.pathsep.join(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import TINY
+from conftest import MULTIPROCESS_XLA_FLAGS, TINY
 from jaxworld import config as configlib
 from jaxworld.runs import checkpoint
 from jaxworld.train import loop
@@ -30,7 +30,7 @@ def _train_cmd(data, workdir, *extra):
 
 
 def _launch(processes, devices, workdir, data, *extra):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ, XLA_FLAGS=MULTIPROCESS_XLA_FLAGS)
   # The launcher's own timeout kills a hung job; the outer one is a backstop.
   cmd = [sys.executable, str(ROOT / "launch" / "local.py"), "--processes",
          str(processes), "--devices-per-process", str(devices), "--timeout",
@@ -146,6 +146,9 @@ def test_save_failing_on_one_process_stops_every_process(
   within seconds, where process 0 used to wait in Orbax's commit barrier
   for process 1 (20 minutes); the step before stays intact, and --resume
   continues from it with the uninterrupted run's losses."""
+  # Default XLA flags: step 3's files only just exceed the 100 kB limit,
+  # and at -O0 rounding moves their size under it (the failure comes a
+  # step later).
   monkeypatch.delenv("XLA_FLAGS")
   args = ("mesh.preset=fsdp", "train.steps=4", "train.checkpoint_every=1")
   cfg = configlib.load(configlib.resolve("tokenizer"), [
@@ -198,7 +201,7 @@ def test_dead_process_stops_the_others(tiny_dataset, tmp_path, monkeypatch):
   """SIGKILL one of two processes mid-training: the runtime names the lost
   process and stops the survivor within 60 s (jaxworld sets its heartbeat
   timeout to 20 s)."""
-  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setenv("XLA_FLAGS", MULTIPROCESS_XLA_FLAGS)
   address = launcher.free_address()
   run = tmp_path / "dead"
   cmd = _train_cmd(tiny_dataset, run, "mesh.fsdp=2", "train.steps=1000000",
@@ -254,7 +257,7 @@ def test_stuck_peer_is_a_clear_error_in_bounded_time(monkeypatch):
   JAXWORLD_COLLECTIVE_TIMEOUT_S (jaxworld sets XLA:CPU's collective timeout
   for gloo) with a message that says so, instead of waiting forever; and
   launch/local.py --timeout kills a job that does not finish."""
-  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setenv("XLA_FLAGS", MULTIPROCESS_XLA_FLAGS)
   monkeypatch.setenv("JAXWORLD_COLLECTIVE_TIMEOUT_S", "5")
   monkeypatch.setenv("JAXWORLD_HEARTBEAT_TIMEOUT_S", "5")  # also the exit wait
   address = launcher.free_address()

@@ -35,19 +35,26 @@ def test_bench_writes_every_figure(tmp_path, capsys):
   assert "MFU" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("kind", ["maskgit", "autoregressive"])
-def test_xla_and_analytic_flops_agree_at_every_depth(kind):
+# Regression over pixel patches, 2 passes over the window's first 7 frames.
+PIXELS = ('tokenizer.kind="patches"', "dynamics.unroll_passes=2")
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("maskgit", ()), ("autoregressive", ()), ("regression", PIXELS),
+    ("frame_diffusion", PIXELS[:1])])
+def test_xla_and_analytic_flops_agree_at_every_depth(kind, extra):
   """A dynamics step (the frozen tokenizer's encode included), token-causal
-  attention too; the extra blocks of a deeper model must show in XLA's
-  count as in the formula (a scanned step would count one block). No
-  remat: the formula leaves out recomputation, which XLA counts (save_dots
-  recomputes attention's batched matmuls, +11-15% at these sizes)."""
+  attention and several forward passes a step too; the extra blocks of a
+  deeper model must show in XLA's count as in the formula (a scanned step
+  would count one block). No remat: the formula leaves out recomputation,
+  which XLA counts (save_dots recomputes attention's batched matmuls,
+  +11-15% at these sizes)."""
   mesh = meshlib.make_mesh(tiny_config().mesh, jax.devices()[:1])
   counts = {}
   for depth in (2, 4):
     cfg = tiny_config('train.stage="dynamics"', f'dynamics.kind="{kind}"',
                       f"dynamics.backbone.depth={depth}",
-                      "dynamics.backbone.remat=none")
+                      "dynamics.backbone.remat=none", *extra)
     counts[depth] = (bench.xla_flops(cfg, mesh),
                      bench.analytic_flops(cfg)["step"])
     xla, analytic = counts[depth]

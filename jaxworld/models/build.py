@@ -58,6 +58,11 @@ class ModelKind:
   name: str
   build: Callable[[Config, nnx.Rngs], nnx.Module]
   loss: LossFn
+  # Frames per training window that the loss runs the model's forward pass
+  # over, summed over its passes: what the analytic FLOPs of `jaxworld
+  # bench` count (e.g. 2 passes over 7 frames for unrolled regression).
+  train_frames: Callable[[Config], int] = dataclasses.field(
+      default=lambda cfg: cfg.data.window, kw_only=True)
 
 
 CODES = ("tokens", "latents")  # int32 [B, T, N] or float32 [B, T, N, E]

@@ -124,4 +124,4 @@ def features(model: FrameDiffusion, latents_BTNE: jax.Array,
 KIND = build.register("dynamics", build.DynamicsKind(
     "frame_diffusion", build_model, loss, next_frame=next_frame,
     codes="latents", steps_per_frame=lambda r: r.diffusion_steps,
-    features=features))
+    features=features, train_frames=lambda cfg: cfg.data.window - 1))

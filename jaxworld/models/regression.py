@@ -127,4 +127,6 @@ def features(model: FrameRegressor, latents_BTNE: jax.Array,
 
 KIND = build.register("dynamics", build.DynamicsKind(
     "regression", build_model, loss, next_frame=next_frame, codes="latents",
-    features=features))
+    features=features,
+    train_frames=lambda cfg: cfg.dynamics.unroll_passes * (cfg.data.window
+                                                           - 1)))

@@ -65,8 +65,9 @@ def analytic_flops(cfg: Config) -> dict[str, int]:
   frozen = harness.abstract_frozen(cfg)
   frozen_model = (nnx.merge(frozen.graphdef, frozen.state)
                   if frozen is not None else None)
-  return flopslib.train_step_flops(trained, frozen_model,
-                                   cfg.train.batch_size, cfg.data.window)
+  return flopslib.train_step_flops(
+      trained, frozen_model, cfg.train.batch_size, cfg.data.window,
+      build.stage_kind(cfg, cfg.train.stage).train_frames(cfg))
 
 
 def compute_dtype(cfg: Config) -> str:

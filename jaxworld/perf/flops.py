@@ -81,10 +81,13 @@ def forward_flops(model: nnx.Module, batch: int, frames: int,
 
 
 def train_step_flops(trained: nnx.Module, frozen: nnx.Module | None,
-                     batch: int, frames: int) -> dict[str, int]:
+                     batch: int, frames: int,
+                     trained_frames: int | None = None) -> dict[str, int]:
   """{"trained_forward", "frozen_forward", "step"}: a step is 3x the trained
-  model's forward pass plus the frozen models' encode path."""
-  trained_fwd = forward_flops(trained, batch, frames)
+  model's forward pass plus the frozen models' encode path over windows of
+  `frames`; the trained model's passes cover `trained_frames` (default
+  `frames`; `ModelKind.train_frames`)."""
+  trained_fwd = forward_flops(trained, batch, trained_frames or frames)
   frozen_fwd = 0
   if frozen is not None:
     parts = ([frozen.tokenizer, frozen.lam] if hasattr(frozen, "lam")

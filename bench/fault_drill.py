@@ -335,15 +335,9 @@ def _drill() -> int:
   work.mkdir(parents=True, exist_ok=True)
   logs = work / "logs"
   logs.mkdir(exist_ok=True)
-  # Segments set their own device count (launcher.process_env adds it to
-  # this process's XLA_FLAGS) and refuse the sequential scheduler (gloo);
-  # the caller's other flags, e.g. the test suite's -O0, are theirs too.
-  os.environ["XLA_FLAGS"] = " ".join(
-      f for f in os.environ.get("XLA_FLAGS", "").split()
-      if not f.startswith(("--xla_force_host_platform_device_count",
-                           "--xla_cpu_enable_concurrency_optimized_scheduler"
-                           )))
-  env = dict(os.environ)
+  # Segments take their XLA_FLAGS from launcher.process_env: this
+  # process's, with their own device count and XLA's default scheduler.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   # The segments run this checkout's jaxworld too, whatever is installed.
   env["PYTHONPATH"] = os.pathsep.join(
       [str(ROOT)] + [x for x in [env.get("PYTHONPATH")] if x])

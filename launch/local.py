@@ -26,6 +26,9 @@ import time
 # heartbeat timeout (jaxworld/parallel/distributed.py), after which the JAX
 # runtime stops a process whose peer is gone.
 _GRACE_S = 30
+# XLA flags of the caller that each process sets for itself (process_env).
+_REPLACED_FLAGS = ("--xla_force_host_platform_device_count=",
+                   "--xla_cpu_enable_concurrency_optimized_scheduler=")
 
 
 def _free_port() -> int:
@@ -38,16 +41,18 @@ def process_env(index: int, count: int, address: str,
                 devices_per_process: int) -> dict[str, str]:
   """The environment of process `index` of `count` on this machine.
 
-  XLA's default CPU scheduler is kept: the sequential one, which tests use
-  for many devices in one process, makes gloo runs abort at some model
-  widths (see jaxworld/parallel/distributed.py).
+  The caller's XLA_FLAGS are kept (e.g. the test suite's -O0) but for its
+  device count, replaced by `devices_per_process`, and its CPU scheduler:
+  XLA's default is kept, as the sequential one, which tests use for many
+  devices in one process, makes gloo runs abort at some model widths (see
+  jaxworld/parallel/distributed.py).
   """
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith(_REPLACED_FLAGS)]
+  flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
   return dict(os.environ, JAX_COORDINATOR_ADDRESS=address,
               JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(index),
-              JAX_PLATFORMS="cpu",
-              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                         f" --xla_force_host_platform_device_count="
-                         f"{devices_per_process}").strip())
+              JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
 
 
 def free_address() -> str:

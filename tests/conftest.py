@@ -26,9 +26,6 @@ CPU_FLAGS = ("--xla_force_host_platform_device_count=8 "
              "--xla_cpu_enable_concurrency_optimized_scheduler=false "
              "--xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}"
-# Multi-process (gloo) runs refuse the sequential scheduler and set their own
-# device count (launch/local.py), so their subprocesses get only -O0.
-MULTIPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Most of the suite's time is XLA compiling the same tiny programs again in
 # other tests, xdist workers and the subprocesses of CLI and multi-process

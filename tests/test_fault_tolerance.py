@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import MULTIPROCESS_XLA_FLAGS, TINY
+from conftest import TINY
 from jaxworld import cli
 from jaxworld.runs import assemble, checkpoint
 from jaxworld.train import preemption
@@ -121,10 +121,9 @@ def test_signal_saves_at_the_next_step_and_exits(tiny_dataset, tmp_path, sig):
 
 
 def test_sigterm_on_one_of_two_processes_stops_both_at_one_step(
-    tiny_dataset, tmp_path, monkeypatch):
+    tiny_dataset, tmp_path):
   """Only process 1 is signalled; JAX's preemption service makes both save
   the same step and stop."""
-  monkeypatch.setenv("XLA_FLAGS", MULTIPROCESS_XLA_FLAGS)
   address = launcher.free_address()
   run = tmp_path / "mp"
   cmd = [sys.executable, "-m", "jaxworld.cli",

@@ -2,7 +2,6 @@
 
 import concurrent.futures
 import json
-import os
 import re
 import shutil
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import MULTIPROCESS_XLA_FLAGS, TINY
+from conftest import TINY
 from jaxworld import config as configlib
 from jaxworld.runs import checkpoint
 from jaxworld.train import loop
@@ -30,12 +29,11 @@ def _train_cmd(data, workdir, *extra):
 
 
 def _launch(processes, devices, workdir, data, *extra):
-  env = dict(os.environ, XLA_FLAGS=MULTIPROCESS_XLA_FLAGS)
   # The launcher's own timeout kills a hung job; the outer one is a backstop.
   cmd = [sys.executable, str(ROOT / "launch" / "local.py"), "--processes",
          str(processes), "--devices-per-process", str(devices), "--timeout",
          "240", "--", *_train_cmd(data, workdir, *extra)]
-  return subprocess.run(cmd, env=env, capture_output=True, text=True,
+  return subprocess.run(cmd, capture_output=True, text=True,
                         timeout=300)
 
 
@@ -197,11 +195,10 @@ def test_tensor_group_across_processes_is_refused(tiny_dataset, tmp_path):
   assert not (tmp_path / "tp").exists()
 
 
-def test_dead_process_stops_the_others(tiny_dataset, tmp_path, monkeypatch):
+def test_dead_process_stops_the_others(tiny_dataset, tmp_path):
   """SIGKILL one of two processes mid-training: the runtime names the lost
   process and stops the survivor within 60 s (jaxworld sets its heartbeat
   timeout to 20 s)."""
-  monkeypatch.setenv("XLA_FLAGS", MULTIPROCESS_XLA_FLAGS)
   address = launcher.free_address()
   run = tmp_path / "dead"
   cmd = _train_cmd(tiny_dataset, run, "mesh.fsdp=2", "train.steps=1000000",
@@ -257,7 +254,6 @@ def test_stuck_peer_is_a_clear_error_in_bounded_time(monkeypatch):
   JAXWORLD_COLLECTIVE_TIMEOUT_S (jaxworld sets XLA:CPU's collective timeout
   for gloo) with a message that says so, instead of waiting forever; and
   launch/local.py --timeout kills a job that does not finish."""
-  monkeypatch.setenv("XLA_FLAGS", MULTIPROCESS_XLA_FLAGS)
   monkeypatch.setenv("JAXWORLD_COLLECTIVE_TIMEOUT_S", "5")
   monkeypatch.setenv("JAXWORLD_HEARTBEAT_TIMEOUT_S", "5")  # also the exit wait
   address = launcher.free_address()

@@ -241,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.getLogger("absl").setLevel(logging.ERROR)
 
   # Heavy imports only after argument parsing, so --help is instant.
+  from jaxworld.parallel import cpu_devices
+  cpu_devices.size_thread_pool()  # before JAX creates its CPU backend
   from jaxworld import compile_cache
   from jaxworld import config as configlib
   compile_cache.enable()  # a rerun loads compiled programs, not recompiles

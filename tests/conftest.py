@@ -15,16 +15,11 @@ import tomllib
 from pathlib import Path
 from typing import NamedTuple
 
-# XLA:CPU runs a device's independent collectives (a layer loop's
-# all-gathers and an all-reduce outside it) at once, each blocking a thread
-# of its pool until every device joins; devices may start them in different
-# orders, and with 8 devices on 2 cores every thread of the default pool
-# (PJRT_NPROC, else the core count) can end up waiting for a collective
-# whose other participants have no thread left: a deadlock, then an abort
-# after 40 s (rendezvous.cc "Termination timeout"). Seen in 4 of 15 runs of
-# test_two_processes_train_like_one's 1 x 8 run (mesh data=2 x fsdp=4), in
-# 0 of 12 with 32 threads. The sequential scheduler flag, set against this
-# for older jaxlib, is ignored from jaxlib 0.10 ("[Deprecated, do not use]").
+# 8 devices on (say) 2 cores: XLA:CPU's thread pool is sized so that their
+# collectives cannot take every thread (jaxworld/parallel/cpu_devices.py;
+# the CLI does the same), here so that subprocesses inherit it. The
+# sequential scheduler flag, set against that deadlock for older jaxlib, is
+# ignored from jaxlib 0.10 ("[Deprecated, do not use]").
 # --xla_backend_optimization_level=0: the tests' tiny programs run a few
 # steps each, so LLVM's optimisation passes cost more than they save (one
 # preset test: 52 -> 24 s of CPU); what is computed is the same.
@@ -33,7 +28,8 @@ CPU_FLAGS = (f"--xla_force_host_platform_device_count={CPU_DEVICES} "
              "--xla_cpu_enable_concurrency_optimized_scheduler=false "
              "--xla_backend_optimization_level=0")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS}"
-os.environ.setdefault("PJRT_NPROC", str(4 * CPU_DEVICES))  # and subprocesses
+from jaxworld.parallel import cpu_devices  # noqa: E402 (no jax import)
+cpu_devices.size_thread_pool()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Most of the suite's time is XLA compiling the same tiny programs again in
 # other tests, xdist workers and the subprocesses of CLI and multi-process

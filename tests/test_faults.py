@@ -1,5 +1,5 @@
 """Faults inside a run: a NaN batch (stop, or skip and count), and flags
-known to abort multi-process CPU runs. The NaN comes from a marked batch:
+known to abort or deadlock CPU runs. The NaN comes from a marked batch:
 the patched loss turns the marker into NaN loss and gradients in-step."""
 
 import dataclasses
@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config
 from jaxworld.errors import JaxWorldError
 from jaxworld.models import build
-from jaxworld.parallel import distributed
+from jaxworld.parallel import cpu_devices, distributed
 from jaxworld.runs import assemble, checkpoint
 from jaxworld.train import loop
 from jaxworld.train import step as steplib
@@ -92,6 +92,26 @@ def test_nan_batch_is_skipped_then_stops_the_run(tiny_dataset, tmp_path,
   assert "last good checkpoint is step 4" in message
   assert "train.nan_policy=skip" in message
   assert checkpoint.saved_steps(run) == [1, 2, 3, 4]
+
+
+def test_cpu_thread_pool_is_sized_for_more_devices_than_cores():
+  """More simulated devices than cores: 4 pool threads per device (the
+  deadlock of docs/scaling.md); not for as many devices as cores, nor over
+  a PJRT_NPROC the user set. The last device-count flag counts."""
+  flags = "--xla_force_host_platform_device_count=2 " \
+          "--xla_force_host_platform_device_count=8"
+  env = {"XLA_FLAGS": flags}
+  cpu_devices.size_thread_pool(env, cores=2)
+  assert env["PJRT_NPROC"] == "32"
+  env = {"JAX_NUM_CPU_DEVICES": "4"}
+  cpu_devices.size_thread_pool(env, cores=2)
+  assert env["PJRT_NPROC"] == "16"
+  for env in ({"XLA_FLAGS": flags}, {}):
+    cpu_devices.size_thread_pool(env, cores=8)
+    assert "PJRT_NPROC" not in env
+  env = {"XLA_FLAGS": flags, "PJRT_NPROC": "3"}
+  cpu_devices.size_thread_pool(env, cores=2)
+  assert env["PJRT_NPROC"] == "3"
 
 
 def test_sequential_cpu_scheduler_is_refused_for_gloo():

@@ -1,0 +1,44 @@
+"""Simulated CPU devices (`--xla_force_host_platform_device_count`, e.g. to
+try a sharded config on a laptop): XLA:CPU's thread pool sized so that their
+collectives cannot take every thread.
+
+XLA:CPU runs a device's independent collectives at once (a layer loop's
+all-gathers and an all-reduce outside it), each holding a pool thread until
+every device joins it, and devices may start them in different orders. The
+pool has PJRT_NPROC threads, by default one per core; with more devices than
+cores every thread can end up waiting for a collective whose other devices
+have no thread left, and XLA aborts the process after 40 s (rendezvous.cc
+"Termination timeout"). A 1 x 8 data x fsdp run on 2 cores deadlocked in 4
+of 15 runs so, and in none of 12 with 32 threads (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import MutableMapping
+
+THREADS_PER_DEVICE = 4
+_DEVICE_COUNT = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
+
+
+def simulated_device_count(env: MutableMapping[str, str]) -> int:
+  """The CPU devices XLA_FLAGS or JAX_NUM_CPU_DEVICES ask for (the last
+  flag wins, as in XLA); 1 if neither does."""
+  counts = _DEVICE_COUNT.findall(env.get("XLA_FLAGS", ""))
+  if counts:
+    return int(counts[-1])
+  return int(env.get("JAX_NUM_CPU_DEVICES") or 1)
+
+
+def size_thread_pool(env: MutableMapping[str, str] = os.environ,
+                     cores: int | None = None) -> None:
+  """Sets PJRT_NPROC to THREADS_PER_DEVICE per simulated device when there
+  are more devices than cores and it is unset. Read when JAX creates its
+  CPU backend: call before anything runs on a device."""
+  if cores is None:
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)  # macOS has no affinity mask
+  devices = simulated_device_count(env)
+  if devices > cores and "PJRT_NPROC" not in env:
+    env["PJRT_NPROC"] = str(THREADS_PER_DEVICE * devices)

@@ -95,9 +95,10 @@ def test_nan_batch_is_skipped_then_stops_the_run(tiny_dataset, tmp_path,
 
 
 def test_cpu_thread_pool_is_sized_for_more_devices_than_cores():
-  """More simulated devices than cores: 4 pool threads per device (the
-  deadlock of docs/scaling.md); not for as many devices as cores, nor over
-  a PJRT_NPROC the user set. The last device-count flag counts."""
+  """Simulated devices: 4 pool threads per device where the cores give
+  fewer (the deadlock of docs/scaling.md); not with 4 cores per device or
+  one device, nor over a PJRT_NPROC the user set. The last device-count
+  flag counts."""
   flags = "--xla_force_host_platform_device_count=2 " \
           "--xla_force_host_platform_device_count=8"
   env = {"XLA_FLAGS": flags}
@@ -106,8 +107,11 @@ def test_cpu_thread_pool_is_sized_for_more_devices_than_cores():
   env = {"JAX_NUM_CPU_DEVICES": "4"}
   cpu_devices.size_thread_pool(env, cores=2)
   assert env["PJRT_NPROC"] == "16"
+  env = {"XLA_FLAGS": flags}
+  cpu_devices.size_thread_pool(env, cores=8)  # as many devices as cores
+  assert env["PJRT_NPROC"] == "32"
   for env in ({"XLA_FLAGS": flags}, {}):
-    cpu_devices.size_thread_pool(env, cores=8)
+    cpu_devices.size_thread_pool(env, cores=32)
     assert "PJRT_NPROC" not in env
   env = {"XLA_FLAGS": flags, "PJRT_NPROC": "3"}
   cpu_devices.size_thread_pool(env, cores=2)

@@ -5,8 +5,8 @@ collectives cannot take every thread.
 XLA:CPU runs a device's independent collectives at once (a layer loop's
 all-gathers and an all-reduce outside it), each holding a pool thread until
 every device joins it, and devices may start them in different orders. The
-pool has PJRT_NPROC threads, by default one per core; with more devices than
-cores every thread can end up waiting for a collective whose other devices
+pool is sized by PJRT_NPROC, by default the core count; with a few devices per
+core every thread can end up waiting for a collective whose other devices
 have no thread left, and XLA aborts the process after 40 s (rendezvous.cc
 "Termination timeout"). A 1 x 8 data x fsdp run on 2 cores deadlocked in 4
 of 15 runs so, and in none of 12 with 32 threads (docs/scaling.md).
@@ -33,12 +33,15 @@ def simulated_device_count(env: MutableMapping[str, str]) -> int:
 
 def size_thread_pool(env: MutableMapping[str, str] = os.environ,
                      cores: int | None = None) -> None:
-  """Sets PJRT_NPROC to THREADS_PER_DEVICE per simulated device when there
-  are more devices than cores and it is unset. Read when JAX creates its
-  CPU backend: call before anything runs on a device."""
+  """Sets PJRT_NPROC to THREADS_PER_DEVICE per simulated device when the
+  cores give fewer threads than that and it is unset (the deadlocked run
+  had all 8 of its threads waiting, so a thread per device is not enough).
+  Read when JAX creates its CPU backend: call before anything runs on a
+  device."""
   if cores is None:
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)  # macOS has no affinity mask
   devices = simulated_device_count(env)
-  if devices > cores and "PJRT_NPROC" not in env:
-    env["PJRT_NPROC"] = str(THREADS_PER_DEVICE * devices)
+  threads = THREADS_PER_DEVICE * devices
+  if devices > 1 and threads > cores and "PJRT_NPROC" not in env:
+    env["PJRT_NPROC"] = str(threads)

@@ -155,12 +155,20 @@ class Segment:
                       for i in range(processes)]
     self.procs, self._copiers = [], []
     for i, path in enumerate(self.log_paths):
+      proc_env = {**launcher.process_env(i, processes, address,
+                                         DEVICES // processes), **env}
+      if processes == 1:
+        # A plain process, as `jaxworld train` runs: its own SIGTERM
+        # handler stops it. In a one-process jax.distributed job JAX's
+        # preemption service owns SIGTERM, and under load it let a run go
+        # on to its end after the notice (in 2 of 3 CI runs, 2026-12-02).
+        for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                    "JAX_PROCESS_ID"):
+          proc_env.pop(key)
       with path.open("w") as log:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE if piped else log,
-            stderr=subprocess.STDOUT,
-            env={**launcher.process_env(i, processes, address,
-                                        DEVICES // processes), **env})
+            stderr=subprocess.STDOUT, env=proc_env)
       if piped:
         copier = threading.Thread(target=_copy, args=(proc.stdout, path))
         copier.start()

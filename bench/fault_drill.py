@@ -161,7 +161,7 @@ class Segment:
         # A plain process, as `jaxworld train` runs: its own SIGTERM
         # handler stops it. In a one-process jax.distributed job JAX's
         # preemption service owns SIGTERM, and under load it let a run go
-        # on to its end after the notice (in 2 of 3 CI runs, 2026-12-02).
+        # on to its end after the notice (a CI run of 2026-12-02).
         for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
                     "JAX_PROCESS_ID"):
           proc_env.pop(key)

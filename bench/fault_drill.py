@@ -155,16 +155,13 @@ class Segment:
                       for i in range(processes)]
     self.procs, self._copiers = [], []
     for i, path in enumerate(self.log_paths):
-      proc_env = {**launcher.process_env(i, processes, address,
-                                         DEVICES // processes), **env}
-      if processes == 1:
-        # A plain process, as `jaxworld train` runs: its own SIGTERM
-        # handler stops it. In a one-process jax.distributed job JAX's
-        # preemption service owns SIGTERM, and under load it let a run go
-        # on to its end after the notice (a CI run of 2026-12-02).
-        for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-                    "JAX_PROCESS_ID"):
-          proc_env.pop(key)
+      # One process runs plain, as `jaxworld train` does: its own SIGTERM
+      # handler stops it. In a one-process jax.distributed job JAX's
+      # preemption service owns SIGTERM, and under load it let a run go on
+      # to its end after the notice (a CI run of 2026-12-02).
+      proc_env = {**(launcher.cpu_env(DEVICES) if processes == 1 else
+                     launcher.process_env(i, processes, address,
+                                          DEVICES // processes)), **env}
       with path.open("w") as log:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE if piped else log,
@@ -343,7 +340,7 @@ def _drill() -> int:
   work.mkdir(parents=True, exist_ok=True)
   logs = work / "logs"
   logs.mkdir(exist_ok=True)
-  # Segments take their XLA_FLAGS from launcher.process_env: this
+  # Segments take their XLA_FLAGS from launcher.cpu_env: this
   # process's, with their own device count and XLA's default scheduler.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   # The segments run this checkout's jaxworld too, whatever is installed.

@@ -26,7 +26,7 @@ import time
 # heartbeat timeout (jaxworld/parallel/distributed.py), after which the JAX
 # runtime stops a process whose peer is gone.
 _GRACE_S = 30
-# XLA flags of the caller that each process sets for itself (process_env).
+# XLA flags of the caller that each process sets for itself (cpu_env).
 _REPLACED_FLAGS = ("--xla_force_host_platform_device_count=",
                    "--xla_cpu_enable_concurrency_optimized_scheduler=")
 
@@ -37,22 +37,28 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def process_env(index: int, count: int, address: str,
-                devices_per_process: int) -> dict[str, str]:
-  """The environment of process `index` of `count` on this machine.
+def cpu_env(devices: int) -> dict[str, str]:
+  """The environment of one CPU process with `devices` devices on this
+  machine.
 
   The caller's XLA_FLAGS are kept (e.g. the test suite's -O0) but for its
-  device count, replaced by `devices_per_process`, and its CPU scheduler:
-  XLA's default is kept, as the sequential one, which tests use for many
-  devices in one process, makes gloo runs abort at some model widths (see
+  device count, replaced by `devices`, and its CPU scheduler: XLA's default
+  is kept, as the sequential one, which tests use for many devices in one
+  process, makes gloo runs abort at some model widths (see
   jaxworld/parallel/distributed.py).
   """
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith(_REPLACED_FLAGS)]
-  flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
-  return dict(os.environ, JAX_COORDINATOR_ADDRESS=address,
-              JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(index),
-              JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+  flags.append(f"--xla_force_host_platform_device_count={devices}")
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+
+
+def process_env(index: int, count: int, address: str,
+                devices_per_process: int) -> dict[str, str]:
+  """The environment of process `index` of a `count`-process job on this
+  machine: `cpu_env` plus the coordinator that jax.distributed joins."""
+  return dict(cpu_env(devices_per_process), JAX_COORDINATOR_ADDRESS=address,
+              JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(index))
 
 
 def free_address() -> str:

@@ -94,7 +94,7 @@ def test_nan_batch_is_skipped_then_stops_the_run(tiny_dataset, tmp_path,
   assert checkpoint.saved_steps(run) == [1, 2, 3, 4]
 
 
-def test_cpu_thread_pool_is_sized_for_more_devices_than_cores():
+def test_cpu_thread_pool_gets_four_threads_per_simulated_device():
   """Simulated devices: 4 pool threads per device where the cores give
   fewer (the deadlock of docs/scaling.md); not with 4 cores per device or
   one device, nor over a PJRT_NPROC the user set. The last device-count

@@ -8,8 +8,8 @@ every device joins it, and devices may start them in different orders. The
 pool is sized by PJRT_NPROC, by default the core count; with a few devices per
 core every thread can end up waiting for a collective whose other devices
 have no thread left, and XLA aborts the process after 40 s (rendezvous.cc
-"Termination timeout"). A 1 x 8 data x fsdp run on 2 cores deadlocked in 4
-of 15 runs so, and in none of 12 with 32 threads (docs/scaling.md).
+"Termination timeout"); seen on 2 cores with a 1 x 8 data x fsdp run, and
+gone with 32 threads (docs/scaling.md).
 """
 
 from __future__ import annotations

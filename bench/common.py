@@ -8,15 +8,17 @@ from typing import Any
 
 
 def simulate_cpu_devices(n: int) -> None:
-  """Ask for `n` simulated CPU devices; call before jax is first imported."""
+  """Ask for `n` simulated CPU devices, with the thread pool their
+  collectives need (jaxworld/parallel/cpu_devices.py, as every `jaxworld`
+  command does); call before jax is first imported."""
   if "jax" in __import__("sys").modules:
     raise RuntimeError("simulate_cpu_devices must run before importing jax")
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_force_host_platform_device_count" not in flags:
-    # Sequential scheduling: see tests/conftest.py (a CPU deadlock).
     os.environ["XLA_FLAGS"] = (
-        f"{flags} --xla_force_host_platform_device_count={n} "
-        f"--xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
+        f"{flags} --xla_force_host_platform_device_count={n}").strip()
+  from jaxworld.parallel import cpu_devices  # no jax import
+  cpu_devices.size_thread_pool()
 
 
 def load(name: str, overrides: list[str]) -> Any:

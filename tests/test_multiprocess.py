@@ -155,14 +155,15 @@ def test_save_failing_on_one_process_stops_every_process(
   run = _copy_until(tmp_path / "ref", 2, tmp_path / "full")
   address = launcher.free_address()
   cmd = [*_train_cmd(tiny_dataset, run, *args), "--resume"]
-  start = time.monotonic()
   procs = [subprocess.Popen(
       _with_file_size_limit(100_000, cmd) if i == 1 else cmd,
       env=launcher.process_env(i, 2, address, 2), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
   try:
     # Both pipes at once: process 1 writes pages of failed-write tracebacks,
-    # and blocked on a full pipe it would miss JAX's shutdown barrier.
+    # and blocked on a full pipe it would miss JAX's shutdown barrier. The
+    # timeout is the bound on "within seconds": far under Orbax's barrier
+    # wait, and far over start-up, compile and 2 steps on a loaded CI core.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
       errs = [out[1] for out in pool.map(
           lambda p: p.communicate(timeout=240), procs)]
@@ -170,7 +171,6 @@ def test_save_failing_on_one_process_stops_every_process(
     for p in procs:
       if p.poll() is None:
         p.kill()
-  took = time.monotonic() - start
   for i, (p, err) in enumerate(zip(procs, errs)):
     assert p.returncode == 2, f"process {i}: {err[-3000:]}"
     error = err[err.index("jaxworld: error:"):].splitlines()[0]
@@ -178,7 +178,6 @@ def test_save_failing_on_one_process_stops_every_process(
     assert "Steps [2] are intact" in error, error
   assert "File too large" in errs[1]
   assert "process 1 of 2 failed to save its part of step 3" in errs[0]
-  assert took < 150, took  # start-up, compile, 2 steps; no barrier timeout
   assert checkpoint.saved_steps(run) == [2]
   assert (run / "checkpoints" / f"3{checkpoint.UNFINISHED_SUFFIX}").is_dir()
 

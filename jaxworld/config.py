@@ -193,6 +193,10 @@ class DynamicsConfig:
   l1_weight: float = field(
       0.1, "regression: weight of the L1 term beside MSE; it drives small "
       "residuals, such as haze over a still background, to exactly zero.")
+  change_weight: float = field(
+      0.0, "regression: extra loss weight on the latents that change from "
+      "one real frame to the next (each weighs 1 + change_weight), so small "
+      "moving objects are not traded for the still background.")
   backbone: BackboneConfig = section(BackboneConfig, "Dynamics backbone.")
 
 

@@ -92,6 +92,8 @@ def validate(cfg: Config) -> None:
   check(cfg.dynamics.unroll_passes >= 1,
         "dynamics.unroll_passes must be >= 1 (1 = teacher forcing only).")
   check(cfg.dynamics.l1_weight >= 0.0, "dynamics.l1_weight must be >= 0.")
+  check(cfg.dynamics.change_weight >= 0.0,
+        "dynamics.change_weight must be >= 0 (0 weighs every latent alike).")
   _check_models(cfg, check)
   m = cfg.mesh
   sizes = {"data": m.data, "fsdp": m.fsdp, "sequence": m.sequence,

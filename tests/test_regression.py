@@ -72,6 +72,32 @@ def test_each_pass_reads_the_previous_pass_predictions():
   assert set(metrics) == {"mse", "mse_pass0", "mse_pass1", "mse_pass2"}
 
 
+def test_change_weight_weighs_the_latents_the_real_frames_change():
+  """Each latent that changes between real frames weighs 1 + change_weight
+  in both terms; still ones (here the first 8 tokens) weigh 1, and a
+  change below CHANGE_TOLERANCE (rounding) does not count."""
+  model = _model(unroll_passes=2, l1_weight=0.25, change_weight=3.0)
+  latents, actions = _batch()
+  still = jnp.broadcast_to(latents[:, :1, :8], (B, T, 8, E))
+  still = still.at[:, 2].add(0.5 * regression.CHANGE_TOLERANCE)
+  latents = latents.at[:, :, :8].set(still)
+  now, target, acts = latents[:, :-1], latents[:, 1:], actions[:, :-1]
+  weight = jnp.ones_like(target).at[:, :, 8:].set(4.0)
+  history, want = now, []
+  for k in range(2):
+    pred = model(history, acts)
+    err = pred[:, k:] - target[:, k:]
+    want.append(jnp.mean(weight[:, k:] * (err ** 2 + 0.25 * jnp.abs(err))))
+    history = jnp.concatenate([now[:, :1], pred[:, :-1]], 1)
+  loss, metrics = regression.loss(model, {"tokens": latents,
+                                          "actions": actions},
+                                  jax.random.key(0))
+  np.testing.assert_allclose(loss, np.mean(want), rtol=1e-6)
+  # The logged MSE stays the plain one, comparable across weights.
+  np.testing.assert_allclose(metrics["mse"], jnp.mean(
+      (model(now, acts) - target) ** 2), rtol=1e-6)
+
+
 def test_unroll_gradients_reach_through_earlier_passes():
   """Without unroll_gradients a pass's prediction is a constant input to the
   next; with it, the gradient differs by what flows back through it."""

@@ -20,7 +20,10 @@ learns to make frames the next pass reads well.
 The loss is MSE plus `dynamics.l1_weight` times L1. Mean squared error
 alone leaves a faint haze where the model is unsure; L1's gradient does not
 shrink with the error, so it drives small residuals (the background) to
-exactly zero. A tokenizer with bounded latents (pixel patches in [-1, 1])
+exactly zero. With `dynamics.change_weight` c, each latent that changes
+from one real frame to the next weighs 1 + c in both terms: on a screen
+that is mostly still, a small moving object is otherwise a rounding error
+of the loss, and erasing it where the model is unsure costs almost nothing. A tokenizer with bounded latents (pixel patches in [-1, 1])
 has its predictions clipped to that range, in training and in a rollout.
 
 Dimension keys: B batch, T time, N tokens per frame, E latent width, D model
@@ -41,6 +44,12 @@ from jaxworld.models.sampling import SampleOptions
 from jaxworld.models.st_transformer import STTransformer, dense, embedding
 
 
+# A latent "changes" when it moves by more than this between real frames:
+# a quarter of a gray level for pixel patches (one level is 2 / 255), so
+# rounding in the stored frames does not count as motion.
+CHANGE_TOLERANCE = 0.5 / 255
+
+
 class FrameRegressor(nnx.Module):
   """frames [B, T, N, E] + actions [B, T] -> next frames [B, T, N, E]."""
 
@@ -48,11 +57,11 @@ class FrameRegressor(nnx.Module):
                num_tokens: int, max_frames: int, backbone: dict[str, Any],
                bounds: tuple[float, float] | None = None,
                unroll_passes: int = 1, unroll_gradients: bool = False,
-               l1_weight: float = 0.0):
+               l1_weight: float = 0.0, change_weight: float = 0.0):
     width = backbone["width"]
     self.bounds = bounds
-    self.unroll_passes, self.unroll_gradients, self.l1_weight = (
-        unroll_passes, unroll_gradients, l1_weight)
+    self.unroll_passes, self.unroll_gradients = unroll_passes, unroll_gradients
+    self.l1_weight, self.change_weight = l1_weight, change_weight
     self.frame_in = dense(rngs, "BTNE,ED->BTND", E=latent_dim, D=width)
     self.action_embed = embedding(rngs, num_actions, width, "A")
     self.backbone = STTransformer(rngs, num_tokens=num_tokens,
@@ -83,24 +92,28 @@ def build_model(cfg: Config, rngs: nnx.Rngs) -> FrameRegressor:
                         bounds=build.tokenizer_kind(cfg).latent_bounds,
                         unroll_passes=d.unroll_passes,
                         unroll_gradients=d.unroll_gradients,
-                        l1_weight=d.l1_weight, **build.dynamics_sizes(cfg))
+                        l1_weight=d.l1_weight, change_weight=d.change_weight,
+                        **build.dynamics_sizes(cfg))
 
 
 def loss(model: FrameRegressor, batch: build.Batch, rng: jax.Array
          ) -> tuple[jax.Array, build.Metrics]:
-  """The mean over `unroll_passes` passes of MSE + l1_weight * L1 (see the
-  module doc); also each pass's MSE."""
+  """The mean over `unroll_passes` passes of MSE + l1_weight * L1, each
+  latent weighted by 1 + change_weight where the real frame changes (see
+  the module doc); also each pass's unweighted MSE."""
   del rng  # deterministic
   latents_BTNE, actions_BT = batch["tokens"], batch["actions"]
   now_BTNE, next_BTNE = latents_BTNE[:, :-1], latents_BTNE[:, 1:]
+  weight_BTNE = 1.0 + model.change_weight * (
+      jnp.abs(next_BTNE - now_BTNE) > CHANGE_TOLERANCE)
   history_BTNE, total, metrics = now_BTNE, 0.0, {}
   for k in range(model.unroll_passes):
     pred_BTNE = model(history_BTNE, actions_BT[:, :-1])
     # Position t < k reads only real frames in pass k: pass 0 covers it.
     error_BTNE = pred_BTNE[:, k:] - next_BTNE[:, k:]
-    mse = jnp.mean(error_BTNE ** 2)
-    total = total + mse + model.l1_weight * jnp.mean(jnp.abs(error_BTNE))
-    metrics[f"mse_pass{k}"] = mse
+    per_latent_BTNE = error_BTNE ** 2 + model.l1_weight * jnp.abs(error_BTNE)
+    total = total + jnp.mean(weight_BTNE[:, k:] * per_latent_BTNE)
+    metrics[f"mse_pass{k}"] = jnp.mean(error_BTNE ** 2)
     fed_BTNE = (pred_BTNE if model.unroll_gradients
                 else jax.lax.stop_gradient(pred_BTNE))
     history_BTNE = jnp.concatenate([now_BTNE[:, :1], fed_BTNE[:, :-1]], 1)

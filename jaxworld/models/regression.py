@@ -104,16 +104,22 @@ def loss(model: FrameRegressor, batch: build.Batch, rng: jax.Array
   del rng  # deterministic
   latents_BTNE, actions_BT = batch["tokens"], batch["actions"]
   now_BTNE, next_BTNE = latents_BTNE[:, :-1], latents_BTNE[:, 1:]
-  weight_BTNE = 1.0 + model.change_weight * (
+  weight_BTNE = (1.0 + model.change_weight * (
       jnp.abs(next_BTNE - now_BTNE) > CHANGE_TOLERANCE)
+                 if model.change_weight else None)
   history_BTNE, total, metrics = now_BTNE, 0.0, {}
   for k in range(model.unroll_passes):
     pred_BTNE = model(history_BTNE, actions_BT[:, :-1])
     # Position t < k reads only real frames in pass k: pass 0 covers it.
     error_BTNE = pred_BTNE[:, k:] - next_BTNE[:, k:]
-    per_latent_BTNE = error_BTNE ** 2 + model.l1_weight * jnp.abs(error_BTNE)
-    total = total + jnp.mean(weight_BTNE[:, k:] * per_latent_BTNE)
-    metrics[f"mse_pass{k}"] = jnp.mean(error_BTNE ** 2)
+    squared_BTNE, absolute_BTNE = error_BTNE ** 2, jnp.abs(error_BTNE)
+    metrics[f"mse_pass{k}"] = jnp.mean(squared_BTNE)
+    # Unweighted, the program stays the plain MSE + L1 one, bit for bit.
+    if weight_BTNE is not None:
+      squared_BTNE = weight_BTNE[:, k:] * squared_BTNE
+      absolute_BTNE = weight_BTNE[:, k:] * absolute_BTNE
+    total = (total + jnp.mean(squared_BTNE)
+             + model.l1_weight * jnp.mean(absolute_BTNE))
     fed_BTNE = (pred_BTNE if model.unroll_gradients
                 else jax.lax.stop_gradient(pred_BTNE))
     history_BTNE = jnp.concatenate([now_BTNE[:, :1], fed_BTNE[:, :-1]], 1)

@@ -87,7 +87,8 @@ def _row(config: str, name: str, steps: int, rate: float, out: Path) -> str:
   velocity = (format(r["probe"]["dynamics"]["velocity_at_object_r2"], ".2f")
               if "dynamics" in r.get("probe", {}) else "-")
   return (f"| {config} | {name} | {steps} | {steps / rate:.0f} | "
-          f"{num('psnr_tokenizer')} | {num('psnr_model')} | {num('ssim_model', '.3f')} | "
+          f"{num('psnr_tokenizer')} | {num('psnr_model')} | "
+          f"{num('ssim_model', '.3f')} | "
           f"{num('psnr_moving_model')} | {num('position_error_model')} | "
           f"{num('objects_found_model', '.0%')} | "
           f"{num('delta_psnr', '+.2f')} | {velocity} |")

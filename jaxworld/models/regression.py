@@ -23,8 +23,10 @@ shrink with the error, so it drives small residuals (the background) to
 exactly zero. With `dynamics.change_weight` c, each latent that changes
 from one real frame to the next weighs 1 + c in both terms: on a screen
 that is mostly still, a small moving object is otherwise a rounding error
-of the loss, and erasing it where the model is unsure costs almost nothing. A tokenizer with bounded latents (pixel patches in [-1, 1])
-has its predictions clipped to that range, in training and in a rollout.
+of the loss, and erasing it where the model is unsure costs almost
+nothing (measured worse on the demo's world: docs/models.md). A tokenizer
+with bounded latents (pixel patches in [-1, 1]) has its predictions
+clipped to that range, in training and in a rollout.
 
 Dimension keys: B batch, T time, N tokens per frame, E latent width, D model
 width.

@@ -13,6 +13,7 @@ and (with --layers) from each block's output and all of them together.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +27,9 @@ from jaxworld.runs import assemble
 _BATCH = 16  # windows per forward pass
 
 
-def _layer_outputs(world) -> callable:
+def _layer_outputs(world) -> Callable:
   """frames, actions -> every block's output [S, T, N * D] (the last one
-  normalised, as the model's state is)."""
+  normalised: `FrameRegressor.hidden`, block by block)."""
   dyn, bb = world.dynamics, world.dynamics.backbone
   graphdef, state = nnx.split(bb.blocks)
   depth = world.cfg.dynamics.backbone.depth
@@ -66,6 +67,9 @@ def main() -> None:
   args = p.parse_args()
   world = assemble.load_world_model(args.workdir, [])
   cfg = world.cfg
+  if cfg.dynamics.kind != "regression":
+    raise SystemExit(f"{args.workdir} is a {cfg.dynamics.kind} run; this "
+                     f"probe reads a regression model's blocks.")
   window, size, patch = (cfg.data.window, cfg.world.image_size,
                          cfg.tokenizer.patch_size)
   data = pipeline.eval_path(cfg.data)

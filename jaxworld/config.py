@@ -123,8 +123,9 @@ class BackboneConfig:
       "auto", "Rematerialisation of each block: auto (save_dots below 500M "
       "backbone parameters, full above), none, full, save_dots.")
   attention: Literal["xla", "cudnn"] = field(
-      "xla", "Attention kernel of jax.nn.dot_product_attention: xla (every "
-      "platform) or cudnn (cuDNN flash attention: NVIDIA GPUs, bfloat16 "
+      "xla", "Attention kernel: xla (jaxworld/models/attention.py, every "
+      "platform) or cudnn (jax.nn.dot_product_attention's cuDNN flash "
+      "attention: NVIDIA GPUs, bfloat16 "
       "compute, head width a multiple of 8 up to 128; not yet measured "
       "against xla here, see docs/benchmarks.md).")
   dtype: Literal["auto", "float32", "bfloat16"] = field(

@@ -12,7 +12,8 @@ a KV cache.
 
 The layers everything is built from are here too: `dense` (an `nnx.Einsum`
 whose weight's shape and logical sharding names come from its einsum
-letters, `axes.WEIGHT_LETTERS`), `embedding`, `RMSNorm`, `Attention`, `MLP`.
+letters, `axes.WEIGHT_LETTERS`), `embedding`, `RMSNorm`, `Attention` (over
+`attention.py`), `MLP`.
 
 Dimension keys: B batch, T time, N tokens per frame, D width, F MLP hidden
 width, L sequence (L = T*N raster positions in a token-causal block), S keys
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxworld.models.attention import dot_product_attention
 from jaxworld.parallel import axes
 from jaxworld.parallel.activations import constrain
 
@@ -115,9 +117,9 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
   """Multi-head self-attention with QK-norm over [B, L, D] inputs.
 
-  Uses `jax.nn.dot_product_attention` with the `implementation` given:
-  "xla" (any platform) or "cudnn" (flash attention on NVIDIA GPUs). JAX
-  0.10 never picks cuDNN itself: left unset, it runs the XLA path everywhere.
+  `implementation`: "xla" (any platform; `attention.py`, whose backward
+  pass avoids XLA:CPU's transposes of the [L, S] probabilities) or "cudnn"
+  (jax.nn's flash attention on NVIDIA GPUs).
   """
 
   def __init__(self, rngs: nnx.Rngs, width: int, num_heads: int,
@@ -145,12 +147,11 @@ class Attention(nnx.Module):
              ) -> jax.Array:
     """Output [B, L, D] of queries over S keys; `mask_S` (bool [S]) hides
     keys, e.g. the unfilled slots of a KV cache."""
-    mask = None if mask_S is None else mask_S[None, None, None, :]
     # A masked call reads a KV cache one frame at a time: small, so XLA.
-    implementation = "xla" if mask is not None else self.implementation
-    o_BLMK = jax.nn.dot_product_attention(q_BLMK, k_BSMK, v_BSMK, mask=mask,
-                                          is_causal=is_causal,
-                                          implementation=implementation)
+    implementation = "xla" if mask_S is not None else self.implementation
+    o_BLMK = dot_product_attention(q_BLMK, k_BSMK, v_BSMK,
+                                   is_causal=is_causal, mask_S=mask_S,
+                                   implementation=implementation)
     return self.out(o_BLMK)
 
   def __call__(self, x_BLD: jax.Array, is_causal: bool) -> jax.Array:

@@ -60,7 +60,7 @@ def test_attention_matches_jax_nn_in_values_and_gradients(dtype, is_causal,
     return jnp.sum(jnp.sin(attend(q, k, v).astype(jnp.float32)))
 
   ours = lambda q, k, v: dot_product_attention(
-      q, k, v, is_causal=is_causal, mask_S=mask_S)
+      q, k, v, is_causal=is_causal, mask_S=mask_S, implementation="jaxworld")
   theirs = lambda q, k, v: jax.nn.dot_product_attention(
       q, k, v, is_causal=is_causal,
       mask=None if mask_S is None else mask_S[None, None, None, :])
@@ -73,6 +73,24 @@ def test_attention_matches_jax_nn_in_values_and_gradients(dtype, is_causal,
     np.testing.assert_allclose(np.asarray(g, np.float32),
                                np.asarray(want, np.float32),
                                atol=tol * float(jnp.abs(want).max()))
+
+
+def test_backbone_with_jaxworld_attention_matches_xla():
+  kw = dict(width=32, depth=2, num_heads=2, mlp_ratio=2, num_tokens=4,
+            max_frames=3)
+  x = jax.random.normal(jax.random.key(1), (2, 3, 4, 32))
+
+  def value_and_grads(attention):
+    graphdef, state = nnx.split(STTransformer(nnx.Rngs(0),
+                                              attention=attention, **kw))
+    loss = lambda s: jnp.mean(jnp.sin(nnx.merge(graphdef, s)(x)))
+    return jax.jit(jax.value_and_grad(loss))(state)
+
+  (value, grads), (want, want_grads) = (value_and_grads("jaxworld"),
+                                        value_and_grads("xla"))
+  np.testing.assert_allclose(value, want, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               grads, want_grads)
 
 
 def test_cudnn_attention_off_a_gpu_is_refused_with_the_fix():

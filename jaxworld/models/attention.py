@@ -1,16 +1,17 @@
 """Scaled dot-product attention, with a backward pass that is fast on CPU.
 
 `dot_product_attention` takes `jax.nn.dot_product_attention`'s [B, L, M, K]
-layout and arguments. `implementation="cudnn"` is jax.nn's cuDNN flash
-attention. `"xla"` is the XLA path's math (fp32 logits and softmax,
+layout and arguments. `implementation` "xla" and "cudnn" are jax.nn's own
+paths. "jaxworld" is the XLA path's math (fp32 logits and softmax,
 probabilities in the values' dtype, masked logits set to a large negative
 number), head-major, with its gradient written out by hand: XLA's own
 gradient of jax.nn's path contracts the [L, S] probabilities and their
 gradient over their major axis, and XLA:CPU materialises a transposed copy
 of each, the largest arrays of a block. Here those two products are taken
 against the small transposed [K, L] operands instead, which makes a
-256-token spatial attention's forward and backward 1.8x faster on CPU
-(docs/benchmarks.md). On GPU and TPU the transposes are free either way.
+256-token spatial attention's forward and backward 1.5x as fast on CPU
+(docs/benchmarks.md). It is not the default: it rounds differently from
+jax.nn's, and the demo's recipe has not been re-verified with it.
 
 Dimension keys: B batch, L queries, S keys, M heads, K per-head width.
 """
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLEMENTATIONS = ("xla", "cudnn")
+IMPLEMENTATIONS = ("xla", "cudnn", "jaxworld")
 
 
 def dot_product_attention(q_BLMK: jax.Array, k_BSMK: jax.Array,
@@ -35,11 +36,11 @@ def dot_product_attention(q_BLMK: jax.Array, k_BSMK: jax.Array,
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r}: choose "
                      f"one of {IMPLEMENTATIONS}")
-  if implementation == "cudnn":
+  if implementation != "jaxworld":
     mask = None if mask_S is None else mask_S[None, None, None, :]
     return jax.nn.dot_product_attention(q_BLMK, k_BSMK, v_BSMK, mask=mask,
                                         is_causal=is_causal,
-                                        implementation="cudnn")
+                                        implementation=implementation)
   seen_LS = None
   if is_causal:
     seen_LS = jnp.tril(jnp.ones((q_BLMK.shape[1], k_BSMK.shape[1]), bool))

@@ -117,9 +117,10 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
   """Multi-head self-attention with QK-norm over [B, L, D] inputs.
 
-  `implementation`: "xla" (any platform; `attention.py`, whose backward
-  pass avoids XLA:CPU's transposes of the [L, S] probabilities) or "cudnn"
-  (jax.nn's flash attention on NVIDIA GPUs).
+  `implementation` (`attention.py`): "xla" (jax.nn's, any platform),
+  "cudnn" (jax.nn's flash attention on NVIDIA GPUs) or "jaxworld" (any
+  platform; its backward avoids XLA:CPU's transposes of the [L, S]
+  probabilities).
   """
 
   def __init__(self, rngs: nnx.Rngs, width: int, num_heads: int,
@@ -147,8 +148,10 @@ class Attention(nnx.Module):
              ) -> jax.Array:
     """Output [B, L, D] of queries over S keys; `mask_S` (bool [S]) hides
     keys, e.g. the unfilled slots of a KV cache."""
-    # A masked call reads a KV cache one frame at a time: small, so XLA.
-    implementation = "xla" if mask_S is not None else self.implementation
+    # A masked call reads a KV cache one frame at a time: small, so not
+    # cuDNN.
+    implementation = ("xla" if mask_S is not None and
+                      self.implementation == "cudnn" else self.implementation)
     o_BLMK = dot_product_attention(q_BLMK, k_BSMK, v_BSMK,
                                    is_causal=is_causal, mask_S=mask_S,
                                    implementation=implementation)

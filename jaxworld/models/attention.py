@@ -32,10 +32,14 @@ def dot_product_attention(q_BLMK: jax.Array, k_BSMK: jax.Array,
                           mask_S: jax.Array | None = None,
                           implementation: str = "xla") -> jax.Array:
   """Softmax(q k^T / sqrt(K)) v, [B, L, M, K]; `is_causal` hides keys after
-  each query (aligned at the start), `mask_S` (bool [S]) hides keys."""
+  each query (aligned at the start), `mask_S` (bool [S]) hides keys. A
+  masked call reads a KV cache one frame at a time: small, so cuDNN's is
+  XLA's."""
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r}: choose "
                      f"one of {IMPLEMENTATIONS}")
+  if implementation == "cudnn" and mask_S is not None:
+    implementation = "xla"
   if implementation != "jaxworld":
     mask = None if mask_S is None else mask_S[None, None, None, :]
     return jax.nn.dot_product_attention(q_BLMK, k_BSMK, v_BSMK, mask=mask,

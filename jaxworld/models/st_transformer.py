@@ -148,13 +148,9 @@ class Attention(nnx.Module):
              ) -> jax.Array:
     """Output [B, L, D] of queries over S keys; `mask_S` (bool [S]) hides
     keys, e.g. the unfilled slots of a KV cache."""
-    # A masked call reads a KV cache one frame at a time: small, so not
-    # cuDNN.
-    implementation = ("xla" if mask_S is not None and
-                      self.implementation == "cudnn" else self.implementation)
     o_BLMK = dot_product_attention(q_BLMK, k_BSMK, v_BSMK,
                                    is_causal=is_causal, mask_S=mask_S,
-                                   implementation=implementation)
+                                   implementation=self.implementation)
     return self.out(o_BLMK)
 
   def __call__(self, x_BLD: jax.Array, is_causal: bool) -> jax.Array:

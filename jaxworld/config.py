@@ -199,6 +199,11 @@ class DynamicsConfig:
       0.0, "regression: extra loss weight on the latents that change from "
       "one real frame to the next (each weighs 1 + change_weight), so small "
       "moving objects are not traded for the still background.")
+  frame_stack: int = field(
+      1, "regression: frames each position reads at its input, as channels "
+      "beside its own: 1 = its own frame only; k > 1 adds the k-1 changes "
+      "between it and the frames before it, so what moved and how fast is "
+      "in every token before the first attention (DIAMOND stacks frames).")
   backbone: BackboneConfig = section(BackboneConfig, "Dynamics backbone.")
 
 

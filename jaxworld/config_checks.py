@@ -92,6 +92,9 @@ def validate(cfg: Config) -> None:
   check(cfg.dynamics.unroll_passes >= 1,
         "dynamics.unroll_passes must be >= 1 (1 = teacher forcing only).")
   check(cfg.dynamics.l1_weight >= 0.0, "dynamics.l1_weight must be >= 0.")
+  check(cfg.dynamics.frame_stack >= 1,
+        "dynamics.frame_stack must be >= 1 (1 = each position reads only "
+        "its own frame).")
   check(cfg.dynamics.change_weight >= 0.0,
         "dynamics.change_weight must be >= 0 (0 weighs every latent alike).")
   _check_models(cfg, check)

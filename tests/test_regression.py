@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from conftest import TINY, assert_bundle_plays_like_rollout
@@ -35,8 +36,9 @@ def _batch(seed=0):
                                            jnp.int32)
 
 
-def test_prediction_is_causal_and_stays_in_bounds():
-  model = _model()
+@pytest.mark.parametrize("frame_stack", [1, 3])
+def test_prediction_is_causal_and_stays_in_bounds(frame_stack):
+  model = _model(frame_stack=frame_stack)
   latents, actions = _batch()
   base = model(latents, actions)
   assert float(jnp.max(jnp.abs(base))) <= 1.0
@@ -50,6 +52,22 @@ def test_prediction_is_causal_and_stays_in_bounds():
   np.testing.assert_allclose(
       regression.next_frame(model, latents, actions, jax.random.key(0), None),
       base[:, -1], atol=1e-6)
+
+
+def test_frame_stack_adds_the_changes_from_the_frames_before():
+  model = _model(frame_stack=3)
+  latents, _ = _batch()
+  stacked = model.stacked(latents)
+  assert stacked.shape == (B, T, N, 3 * E)
+  np.testing.assert_array_equal(stacked[..., :E], latents)
+  # Position t reads x_t - x_{t-1} and x_{t-1} - x_{t-2}; the window's first
+  # frame is repeated before it, so nothing moved there.
+  np.testing.assert_array_equal(stacked[:, 0, :, E:], 0.0)
+  np.testing.assert_allclose(stacked[:, 3, :, E:2 * E],
+                             latents[:, 3] - latents[:, 2])
+  np.testing.assert_allclose(stacked[:, 3, :, 2 * E:],
+                             latents[:, 2] - latents[:, 1])
+  np.testing.assert_allclose(stacked[:, 1, :, 2 * E:], 0.0)
 
 
 def test_each_pass_reads_the_previous_pass_predictions():

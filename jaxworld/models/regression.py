@@ -28,6 +28,12 @@ nothing (measured worse on the demo's world: docs/models.md). A tokenizer
 with bounded latents (pixel patches in [-1, 1]) has its predictions
 clipped to that range, in training and in a rollout.
 
+With `dynamics.frame_stack` k > 1 each position also reads, as input
+channels, the k-1 changes between its frame and the ones before it (as
+DIAMOND stacks its context frames): a small ball is a fraction of one
+token, and temporal attention mixes a token's history by a softmax, so
+without them its motion has to be pieced together over several blocks.
+
 Dimension keys: B batch, T time, N tokens per frame, E latent width, D model
 width.
 """
@@ -59,12 +65,15 @@ class FrameRegressor(nnx.Module):
                num_tokens: int, max_frames: int, backbone: dict[str, Any],
                bounds: tuple[float, float] | None = None,
                unroll_passes: int = 1, unroll_gradients: bool = False,
-               l1_weight: float = 0.0, change_weight: float = 0.0):
+               l1_weight: float = 0.0, change_weight: float = 0.0,
+               frame_stack: int = 1):
     width = backbone["width"]
     self.bounds = bounds
     self.unroll_passes, self.unroll_gradients = unroll_passes, unroll_gradients
     self.l1_weight, self.change_weight = l1_weight, change_weight
-    self.frame_in = dense(rngs, "BTNE,ED->BTND", E=latent_dim, D=width)
+    self.frame_stack = frame_stack
+    self.frame_in = dense(rngs, "BTNE,ED->BTND", E=frame_stack * latent_dim,
+                          D=width)
     self.action_embed = embedding(rngs, num_actions, width, "A")
     self.backbone = STTransformer(rngs, num_tokens=num_tokens,
                                   max_frames=max_frames, **backbone)
@@ -74,9 +83,20 @@ class FrameRegressor(nnx.Module):
   def hidden(self, frames_BTNE: jax.Array, actions_BT: jax.Array
              ) -> jax.Array:
     """The backbone's output [B, T, N, D]: the model's state."""
-    x_BTND = (self.frame_in(frames_BTNE)
+    x_BTND = (self.frame_in(self.stacked(frames_BTNE))
               + self.action_embed(actions_BT)[:, :, None])
     return self.backbone(x_BTND)
+
+  def stacked(self, frames_BTNE: jax.Array) -> jax.Array:
+    """[B, T, N, k*E]: frame t, then frame t-j+1 minus frame t-j for j = 1
+    .. k-1 (`frame_stack` k); before the window's first frame nothing
+    moved. Position t still reads only frames <= t."""
+    t = frames_BTNE.shape[1]
+    earlier = lambda j: jnp.pad(frames_BTNE, ((0, 0), (j, 0), (0, 0), (0, 0)),
+                                mode="edge")[:, :t]
+    channels = [frames_BTNE] + [earlier(j - 1) - earlier(j)
+                                for j in range(1, self.frame_stack)]
+    return jnp.concatenate(channels, -1)
 
   def __call__(self, frames_BTNE: jax.Array, actions_BT: jax.Array
                ) -> jax.Array:
@@ -95,6 +115,7 @@ def build_model(cfg: Config, rngs: nnx.Rngs) -> FrameRegressor:
                         unroll_passes=d.unroll_passes,
                         unroll_gradients=d.unroll_gradients,
                         l1_weight=d.l1_weight, change_weight=d.change_weight,
+                        frame_stack=d.frame_stack,
                         **build.dynamics_sizes(cfg))
 
 

@@ -122,8 +122,9 @@ class BackboneConfig:
   remat: Literal["auto", "none", "full", "save_dots"] = field(
       "auto", "Rematerialisation of each block: auto (save_dots below 500M "
       "backbone parameters, full above), none, full, save_dots.")
-  attention: Literal["xla", "cudnn", "jaxworld"] = field(
-      "xla", "Attention kernel: xla (jax.nn.dot_product_attention's, every "
+  attention: Literal["auto", "xla", "cudnn", "jaxworld"] = field(
+      "auto", "Attention kernel: auto (jaxworld on CPU, where it is the "
+      "faster; xla elsewhere), xla (jax.nn.dot_product_attention's, every "
       "platform), jaxworld (jaxworld/models/attention.py: the same math "
       "with a hand-written backward, 1.5x as fast at 256 tokens on CPU) or "
       "cudnn (jax.nn's cuDNN flash attention: NVIDIA GPUs, bfloat16 "

@@ -93,6 +93,15 @@ def test_backbone_with_jaxworld_attention_matches_xla():
                grads, want_grads)
 
 
+def test_auto_attention_is_jaxworlds_on_cpu_and_xlas_on_accelerators():
+  auto, pinned = BackboneConfig(), BackboneConfig(attention="xla")
+  assert build.attention_kernel(auto, accelerator=False) == "jaxworld"
+  assert build.attention_kernel(auto, accelerator=True) == "xla"
+  assert build.attention_kernel(pinned, accelerator=False) == "xla"
+  want = "xla" if jax.default_backend() != "cpu" else "jaxworld"
+  assert build.backbone(auto)["attention"] == want
+
+
 def test_cudnn_attention_off_a_gpu_is_refused_with_the_fix():
   if jax.default_backend() == "gpu":
     pytest.skip("on a GPU cuDNN attention is allowed")

@@ -59,6 +59,15 @@ def test_plan_explains_targets_it_cannot_make():
     plan.target_devices("v5p-8", 8)
 
 
+def test_a_plan_resolves_auto_settings_for_its_target_not_this_cpu():
+  cfg = tiny_config("dynamics.backbone.attention=\"cudnn\"")
+  target = plan.for_target(cfg, accelerator=True)
+  assert target.tokenizer.encoder.dtype == "bfloat16"
+  assert target.tokenizer.encoder.attention == "xla"  # auto, on a GPU / TPU
+  assert target.dynamics.backbone.attention == "cudnn"  # asked for
+  assert plan.for_target(cfg, accelerator=False) is cfg
+
+
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                     reason="needs the tpu extra: pip install 'jax[tpu]'")
 def test_plan_for_a_tpu_slice_without_a_tpu():

@@ -10,8 +10,8 @@ gradient over their major axis, and XLA:CPU materialises a transposed copy
 of each, the largest arrays of a block. Here those two products are taken
 against the small transposed [K, L] operands instead, which makes a
 256-token spatial attention's forward and backward 1.5x as fast on CPU
-(docs/benchmarks.md). It is not the default: it rounds differently from
-jax.nn's, and the demo's recipe has not been re-verified with it.
+(docs/benchmarks.md). `backbone.attention = "auto"` picks it on CPU and
+jax.nn's XLA path elsewhere (`build.attention_kernel`).
 
 Dimension keys: B batch, L queries, S keys, M heads, K per-head width.
 """

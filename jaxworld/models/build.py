@@ -204,10 +204,25 @@ def remat_policy(b: BackboneConfig) -> str:
   return "full" if params >= FULL_REMAT_PARAMS else "save_dots"
 
 
+def attention_kernel(b: BackboneConfig, accelerator: bool | None = None
+                     ) -> str:
+  """A backbone's attention kernel with "auto" resolved: jaxworld's on CPU,
+  where XLA's own gradient of jax.nn's path copies the [L, S]
+  probabilities transposed (docs/design-notes.md); XLA's on a GPU or TPU
+  (`accelerator`; default: this process's backend) until cuDNN is
+  measured."""
+  if b.attention != "auto":
+    return b.attention
+  if accelerator is None:
+    accelerator = jax.default_backend() != "cpu"
+  return "xla" if accelerator else "jaxworld"
+
+
 def backbone(b: BackboneConfig) -> dict[str, Any]:
   """STTransformer keyword arguments of a backbone section."""
   kwargs = dataclasses.asdict(b)
   kwargs["remat"] = remat_policy(b)
+  kwargs["attention"] = attention_kernel(b)
   if kwargs["dtype"] == "auto":
     # bf16 matmuls on accelerators; CPUs have no fast bf16 path.
     kwargs["dtype"] = "float32" if jax.default_backend() == "cpu" else "bfloat16"

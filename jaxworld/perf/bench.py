@@ -70,10 +70,15 @@ def analytic_flops(cfg: Config) -> dict[str, int]:
       build.stage_kind(cfg, cfg.train.stage).train_frames(cfg))
 
 
-def compute_dtype(cfg: Config) -> str:
+def trained_backbone(cfg: Config) -> dict[str, Any]:
+  """The trained stage's (first) backbone, "auto" settings resolved."""
   section = {"tokenizer": cfg.tokenizer.encoder, "lam": cfg.lam.encoder,
              "dynamics": cfg.dynamics.backbone}[cfg.train.stage]
-  return build.backbone(section)["dtype"]
+  return build.backbone(section)
+
+
+def compute_dtype(cfg: Config) -> str:
+  return trained_backbone(cfg)["dtype"]
 
 
 def sampled_frames_per_s(cfg: Config, frozen: Any, repeats: int) -> float | None:
@@ -170,6 +175,7 @@ def run(cfg: Config, steps: int = 10, warmup: int = 2,
       "devices": {"platform": devices[0].platform,
                   "kind": devices[0].device_kind, "count": len(devices)},
       "mesh": dict(mesh.shape), "compute_dtype": dtype,
+      "attention": trained_backbone(cfg)["attention"],
       "batch": {"windows": cfg.train.batch_size, "frames": cfg.data.window,
                 "tokens_per_frame": build.num_tokens(cfg)},
       "compile_s": compile_s,
@@ -222,7 +228,7 @@ def format_table(r: dict[str, Any]) -> str:
   cpu = r["devices"]["platform"] == "cpu"
   rows = [
       ("model", f"{r['stage']} ({r['kind']}), {r['params']:,} params, "
-                f"{r['compute_dtype']}"),
+                f"{r['compute_dtype']}, {r['attention']} attention"),
       ("devices", f"{r['devices']['count']} x {r['devices']['kind']}, mesh "
                   f"{r['mesh']}"),
       ("batch", f"{r['batch']['windows']} windows x {r['batch']['frames']} "

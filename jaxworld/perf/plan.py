@@ -112,18 +112,19 @@ def target_devices(topology: str | None, devices: int | None
 
 
 def for_target(cfg: Config, accelerator: bool) -> Config:
-  """`cfg` as it would run on the target: dtype "auto" is bfloat16 on GPU
-  and TPU, whatever this machine is."""
+  """`cfg` as it would run on the target, whatever this machine is: dtype
+  "auto" is bfloat16 on GPU and TPU, attention "auto" XLA's kernel."""
   if not accelerator:
     return cfg
   from jaxworld.perf.bench import BACKBONES
   for section, name in BACKBONES:
     parent = getattr(cfg, section)
     b = getattr(parent, name)
-    if b.dtype == "auto":
-      parent = dataclasses.replace(parent, **{name: dataclasses.replace(
-          b, dtype="bfloat16")})
-      cfg = dataclasses.replace(cfg, **{section: parent})
+    target = dataclasses.replace(
+        b, dtype="bfloat16" if b.dtype == "auto" else b.dtype,
+        attention=build.attention_kernel(b, accelerator=True))
+    parent = dataclasses.replace(parent, **{name: target})
+    cfg = dataclasses.replace(cfg, **{section: parent})
   return cfg
 
 
